@@ -1,0 +1,1 @@
+"""edge-gr fleet simulation (built on edge_gr and server)."""
