@@ -1,0 +1,64 @@
+"""Trie-constrained beam search in numpy (the device path imports no torch).
+
+``step(prefix)`` is any function mapping the current beams' ID prefixes
+``(N, B, l)`` (int codes, level by level) to log-probabilities of the next level's
+codes ``(N, B, levels[l])``. Codes that would leave the trie are masked before
+the top-B selection, so every returned ID is a catalogue item. Ties are broken by
+beam order then code (stable sort), so the search is deterministic.
+
+>>> from edge_gr.ids import SemanticIds
+>>> ids = SemanticIds(["a", "b", "c"], np.array([[0, 0], [0, 1], [1, 0]]), (2, 2))
+>>> rng = np.random.default_rng(0)
+>>> items, scores = beam_search(lambda p: np.log(rng.dirichlet(np.ones(2), p.shape[:2])), ids.trie(), n=4, beam=3, k=3)
+>>> bool((items[items >= 0] < 3).all()), items.shape
+(True, (4, 3))
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .ids import Trie
+
+__all__ = ["beam_search", "StepFn"]
+
+StepFn = Callable[[np.ndarray], np.ndarray]
+
+
+def beam_search(step: StepFn, trie: Trie, *, n: int, beam: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` items for each of ``n`` queries.
+
+    Returns ``items (n, k)`` leaf indices (row numbers of :class:`~edge_gr.ids.SemanticIds`),
+    ``-1`` where fewer than ``k`` valid IDs exist, and ``scores (n, k)`` (sum of
+    log-probabilities, ``-inf`` for the padding), best first.
+    """
+    if beam < k:
+        raise ValueError(f"beam ({beam}) must be >= k ({k})")
+    L = len(trie.levels)
+    prefix = np.zeros((n, 1, 0), dtype=np.int64)
+    nodes = np.zeros((n, 1), dtype=np.int64)
+    scores = np.zeros((n, 1), dtype=np.float64)
+    for level in range(L):
+        K = trie.levels[level]
+        logp = np.asarray(step(prefix), dtype=np.float64)  # (n, b, K)
+        if logp.shape != (n, prefix.shape[1], K):
+            raise ValueError(f"step returned shape {logp.shape}, expected {(n, prefix.shape[1], K)}")
+        alive = nodes >= 0
+        allowed = trie.allowed(level, np.where(alive, nodes, 0)) & alive[..., None]  # (n, b, K)
+        logp = np.nan_to_num(logp, nan=-1e30, posinf=-1e30, neginf=-1e30)  # a NaN logit must never win
+        total = np.where(allowed, scores[..., None] + logp, -np.inf).reshape(n, -1)  # (n, b*K)
+        width = min(beam if level < L - 1 else max(k, 1), total.shape[1])
+        order = np.argsort(-total, axis=1, kind="stable")[:, :width]  # (n, width)
+        scores = np.take_along_axis(total, order, 1)
+        src_beam, code = order // K, order % K
+        parent = np.take_along_axis(nodes, src_beam, 1)
+        nodes = np.where(np.isfinite(scores), trie.step(level, np.maximum(parent, 0), code), -1)
+        prefix = np.concatenate([np.take_along_axis(prefix, src_beam[..., None], 1), code[..., None]], axis=2)
+    items = np.where(np.isfinite(scores), nodes, -1)
+    if items.shape[1] < k:
+        pad = k - items.shape[1]
+        items = np.pad(items, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return items, scores

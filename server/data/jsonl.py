@@ -1,0 +1,151 @@
+"""The generic JSONL format users bring their own catalogue in (see :mod:`server.data.base`).
+
+Readers check every line and raise :class:`DataError` naming the file and the line
+number; writers are atomic (temp file + rename).
+
+>>> import tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "items.jsonl"
+>>> _ = write_items(p, [Item("a", "alpha")])
+>>> read_items(p)[0].text
+'alpha'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from edge_gr.errors import DataError
+
+from .base import Item, Query, RecData, RetrievalData
+
+__all__ = [
+    "read_items", "read_queries", "read_interactions",
+    "write_items", "write_queries", "write_interactions",
+    "load_rec_jsonl", "load_retrieval_jsonl",
+]
+
+
+def _records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist", hint="pass the path of a JSONL file (one JSON object per line)")
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{n}: line is not valid UTF-8", hint="re-encode the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})", hint="fix or remove that line") from None
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}", hint="write one object per line")
+            yield n, rec
+
+
+def _field(path, n: int, rec: dict, key: str, types: type | tuple[type, ...]):
+    if key not in rec:
+        raise DataError(f"{path}:{n}: missing field {key!r}", hint=f"every line needs {key!r}")
+    v = rec[key]
+    if not isinstance(v, types) or isinstance(v, bool):
+        raise DataError(f"{path}:{n}: field {key!r} has type {type(v).__name__}", hint=f"make {key!r} a {types}")
+    return v
+
+
+def read_items(path: str | os.PathLike) -> list[Item]:
+    """Items/docs: ``{"id": str, "text": str, "meta": {...}?}``; ids must be unique."""
+    out, seen = [], set()
+    for n, rec in _records(path):
+        iid = str(_field(path, n, rec, "id", (str, int)))
+        text = _field(path, n, rec, "text", str)
+        if iid in seen:
+            raise DataError(f"{path}:{n}: duplicate id {iid!r}", hint="ids must be unique")
+        seen.add(iid)
+        out.append(Item(iid, text, rec.get("meta") or {}))
+    if not out:
+        raise DataError(f"{path} holds no items", hint="add at least one item line")
+    return out
+
+
+def read_queries(path: str | os.PathLike) -> list[Query]:
+    """Queries: ``{"qid": str, "text": str, "relevant": [id, ...]}``."""
+    out = []
+    for n, rec in _records(path):
+        qid = str(_field(path, n, rec, "qid", (str, int)))
+        text = _field(path, n, rec, "text", str)
+        rel = _field(path, n, rec, "relevant", list)
+        if not rel:
+            raise DataError(f"{path}:{n}: 'relevant' is empty", hint="list at least one relevant id")
+        out.append(Query(qid, text, frozenset(str(r) for r in rel)))
+    return out
+
+
+def read_interactions(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Interactions ``{"user", "item", "timestamp"}`` -> per-user item sequences in time order."""
+    per_user: dict[str, list[tuple[float, int, str]]] = {}
+    for n, rec in _records(path):
+        u = str(_field(path, n, rec, "user", (str, int)))
+        i = str(_field(path, n, rec, "item", (str, int)))
+        t = float(_field(path, n, rec, "timestamp", (int, float)))
+        per_user.setdefault(u, []).append((t, n, i))
+    return {u: [i for _, _, i in sorted(v)] for u, v in per_user.items()}
+
+
+def _write(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_items(path, items: Iterable[Item]) -> Path:
+    return _write(path, ({"id": i.id, "text": i.text, **({"meta": i.meta} if i.meta else {})} for i in items))
+
+
+def write_queries(path, queries: Iterable[Query]) -> Path:
+    return _write(path, ({"qid": q.qid, "text": q.text, "relevant": sorted(q.relevant)} for q in queries))
+
+
+def write_interactions(path, sequences: dict[str, list[str]]) -> Path:
+    # Sequences carry order only; the written timestamp is the position.
+    return _write(path, ({"user": u, "item": i, "timestamp": t} for u, seq in sequences.items() for t, i in enumerate(seq)))
+
+
+def _check_known(path, ids: set[str], refs: Iterable[str], what: str) -> None:
+    missing = sorted({r for r in refs if r not in ids})
+    if missing:
+        raise DataError(f"{path}: {len(missing)} {what} not in the catalogue, e.g. {missing[:3]}", hint="add them to the items file or drop them")
+
+
+def load_rec_jsonl(items_path, interactions_path, name: str = "jsonl") -> RecData:
+    """A recommendation data set from an items file and an interactions file."""
+    items = read_items(items_path)
+    seqs = read_interactions(interactions_path)
+    _check_known(interactions_path, {i.id for i in items}, (i for s in seqs.values() for i in s), "interacted items")
+    return RecData(name=name, items=items, sequences=seqs)
+
+
+def load_retrieval_jsonl(docs_path, train_path, test_path, name: str = "jsonl") -> RetrievalData:
+    """A retrieval data set from a docs file and train / test query files."""
+    docs = read_items(docs_path)
+    ids = {d.id for d in docs}
+    train, test = read_queries(train_path), read_queries(test_path)
+    for p, qs in ((train_path, train), (test_path, test)):
+        _check_known(p, ids, (r for q in qs for r in q.relevant), "relevant ids")
+    index = [Query(f"index:{d.id}", d.text, frozenset([d.id])) for d in docs]
+    return RetrievalData(name=name, docs=docs, train=train, test=test, index_queries=index)

@@ -1,0 +1,194 @@
+"""A trained generative retriever/recommender: model + semantic IDs (+ tokenizer), saved as one folder.
+
+Folder layout (``format_version`` checked on load)::
+
+    ckpt/
+      edge_gr_model.json     {"format": "edge-gr-checkpoint", "version": 1, "config": {...}, "task": ..., "meta": {...}}
+      model.safetensors      weights
+      ids.json               semantic IDs (edge_gr.ids format)
+      tokenizer.json         retrieval only
+      items.jsonl            the catalogue (id, text, meta)
+      popularity.json        rec only: fallback ranking for empty / unknown histories
+
+>>> gm = GenerativeModel.load("path/to/ckpt")                # doctest: +SKIP
+>>> gm.search("in the beginning was the word", k=3)          # doctest: +SKIP
+[('John.1.1', -0.02), ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from edge_gr.decode import beam_search
+from edge_gr.errors import FormatError, InputError
+from edge_gr.ids import SemanticIds
+
+from .data.base import Item
+from .data.jsonl import read_items, write_items
+from .model import GenerativeRetriever, GRConfig
+from .text import check_query, encode
+
+__all__ = ["GenerativeModel", "CKPT_FORMAT", "CKPT_VERSION"]
+
+CKPT_FORMAT, CKPT_VERSION = "edge-gr-checkpoint", 1
+
+
+class GenerativeModel:
+    """The trained model plus everything needed to turn its output into catalogue ids."""
+
+    def __init__(self, model: GenerativeRetriever, ids: SemanticIds, items: list[Item], tokenizer=None,
+                 popularity: list[str] | None = None, meta: dict | None = None):
+        self.model, self.ids, self.items, self.tokenizer = model.eval(), ids, items, tokenizer
+        self.popularity = popularity or []
+        self.meta = meta or {}
+        self.task = model.cfg.task
+        if self.task == "retrieval" and tokenizer is None:
+            raise FormatError("a retrieval model needs its tokenizer", hint="retrain or restore tokenizer.json")
+
+    # -- decoding ------------------------------------------------------------
+    @torch.no_grad()
+    def _decode(self, src: torch.Tensor, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
+        m = self.model
+        dev = next(m.parameters()).device
+        mem, pad = m.encode(src.to(dev))
+        offsets = m.offsets
+
+        def step(prefix: np.ndarray) -> np.ndarray:
+            p = torch.from_numpy(prefix).to(dev)
+            l = p.shape[-1]
+            inp = torch.cat([p.new_zeros(*p.shape[:2], 1), p + offsets[:l] + 1], -1)  # (N, B, l+1)
+            logits = m.decode(mem, pad, inp)[:, :, -1]  # (N, B, V)
+            return m.level_logprobs(logits, l).cpu().numpy()
+
+        return beam_search(step, self.ids.trie(), n=src.shape[0], beam=max(beam, k), k=k)
+
+    def _history_tensor(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
+        S = self.model.cfg.max_len
+        out = np.zeros((len(histories), S), dtype=np.int64)
+        for r, h in enumerate(histories):
+            rows = [self.ids._index[i] + 1 for i in h if i in self.ids._index][-S:]
+            if rows:
+                out[r, S - len(rows):] = rows
+        return torch.from_numpy(out)
+
+    def rank(self, histories: Sequence[Sequence[str]], k: int = 10, *, beam: int = 50, exclude_seen: bool = False,
+             batch_size: int = 128) -> list[list[tuple[str, float]]]:
+        """Next-item recommendations for each history (items unknown to the catalogue are skipped).
+
+        A history with no known item gets the popularity ranking (score ``nan``), the
+        documented fallback for new users.
+        """
+        if self.task != "rec":
+            raise InputError("this is a retrieval model", hint="call search(text) instead of rank(history)")
+        results: list[list[tuple[str, float]]] = []
+        want = k + (max((len(h) for h in histories), default=0) if exclude_seen else 0)
+        want = min(want, len(self.ids))
+        for s in range(0, len(histories), batch_size):
+            chunk = histories[s:s + batch_size]
+            src = self._history_tensor(chunk)
+            items, scores = self._decode(src, want, max(beam, want))
+            for r, h in enumerate(chunk):
+                seen = set(h) if exclude_seen else set()
+                if not (src[r] != 0).any():
+                    results.append([(i, float("nan")) for i in self.popularity if i not in seen][:k])
+                    continue
+                row = [(self.ids.items[i], float(sc)) for i, sc in zip(items[r], scores[r]) if i >= 0 and self.ids.items[i] not in seen]
+                results.append(row[:k])
+        return results
+
+    def search(self, query: str | Sequence[str], k: int = 10, *, beam: int = 50, exclude_seen: bool = False) -> list[tuple[str, float]]:
+        """Top-``k`` catalogue ids with log-probability scores, best first.
+
+        ``query`` is text for a retrieval model, a list of item ids (the history) for a
+        recommender. Bad input raises :class:`InputError` with what to do.
+        """
+        if self.task == "rec":
+            if isinstance(query, (str, bytes)):
+                raise InputError("a recommender takes a history (list of item ids), not text", hint="pass e.g. ['Toy Story (1995)']")
+            return self.rank([list(query)], k, beam=beam, exclude_seen=exclude_seen)[0]
+        return self.search_many([query], k, beam=beam)[0]
+
+    def search_many(self, texts: Sequence[str], k: int = 10, *, beam: int = 50, batch_size: int = 256) -> list[list[tuple[str, float]]]:
+        if self.task != "retrieval":
+            raise InputError("this is a recommender", hint="call rank(histories) or search(history)")
+        texts = [check_query(t) for t in texts]
+        out = []
+        for s in range(0, len(texts), batch_size):
+            src = torch.from_numpy(encode(self.tokenizer, list(texts[s:s + batch_size]), self.model.cfg.max_len))
+            items, scores = self._decode(src, k, beam)
+            out += [[(self.ids.items[i], float(sc)) for i, sc in zip(ir, sr) if i >= 0] for ir, sr in zip(items, scores)]
+        return out
+
+    # -- persistence -----------------------------------------------------------
+    def size_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.state_dict().values())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the folder atomically: build it beside the target, then rename."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
+        try:
+            header = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "task": self.task,
+                      "config": self.model.cfg.to_dict(), "meta": self.meta}
+            (tmp / "edge_gr_model.json").write_text(json.dumps(header, indent=1))
+            sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            save_file(sd, str(tmp / "model.safetensors"))
+            self.ids.save(tmp / "ids.json")
+            write_items(tmp / "items.jsonl", self.items)
+            if self.tokenizer is not None:
+                self.tokenizer.save(str(tmp / "tokenizer.json"))
+            if self.popularity:
+                (tmp / "popularity.json").write_text(json.dumps(self.popularity))
+            if path.exists():
+                old = path.with_name(path.name + ".old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "GenerativeModel":
+        from safetensors.torch import load_file
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        hfile = path / "edge_gr_model.json"
+        if not hfile.is_file():
+            raise FormatError(f"{path} is not an edge-gr checkpoint (no edge_gr_model.json)", hint="train one with `edge-gr train`")
+        try:
+            header = json.loads(hfile.read_text())
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{hfile} is corrupted ({e})", hint="retrain with `edge-gr train`") from None
+        if header.get("format") != CKPT_FORMAT or header.get("version") != CKPT_VERSION:
+            raise FormatError(f"{hfile}: format {header.get('format')} v{header.get('version')}, expected {CKPT_FORMAT} v{CKPT_VERSION}",
+                              hint="retrain with this version's `edge-gr train`")
+        cfg = GRConfig.from_dict(header["config"])
+        ids = SemanticIds.load(path / "ids.json")
+        codes = torch.from_numpy(ids.codes) if cfg.task == "rec" else None
+        model = GenerativeRetriever(cfg, codes=codes)
+        try:
+            missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+        except Exception as e:  # safetensors raises its own error types for truncated files
+            raise FormatError(f"{path / 'model.safetensors'} cannot be read ({e})", hint="retrain with `edge-gr train`") from None
+        if [m for m in missing if m != "item_codes"] or unexpected:
+            raise FormatError(f"{path / 'model.safetensors'} does not match its config", hint="retrain with `edge-gr train`")
+        tok = Tokenizer.from_file(str(path / "tokenizer.json")) if (path / "tokenizer.json").is_file() else None
+        pop = json.loads((path / "popularity.json").read_text()) if (path / "popularity.json").is_file() else None
+        return cls(model.to(device), ids, read_items(path / "items.jsonl"), tok, pop, header.get("meta"))

@@ -1,0 +1,260 @@
+"""The edge-gr generative model, in one file: a small encoder-decoder transformer.
+
+Encoder
+  * recommendation: the user's recent items, left-padded to ``max_len``; each item's
+    input vector is the sum of its semantic-ID code embeddings (shared across items
+    with similar codes) plus, optionally, a learned per-item embedding. Causal, so
+    training covers every position of a history at once (as SASRec does).
+  * retrieval: query / document text tokens; bidirectional.
+Decoder
+  Generates the target's semantic ID one level at a time (``BOS, c1, .., c_{L-1}`` ->
+  ``c1, .., c_L``), with self-attention over the ID prefix and cross-attention to
+  the encoder. Its input is laid out ``(B, T, l)``: T independent targets per example
+  (every history position in training; every beam in decoding), which share one
+  encoder memory - so beams never copy the memory.
+
+Shapes in comments: B batch, S encoder length, T targets per example, l ID prefix
+length, d model width, nh heads, hs head size, V code vocabulary (sum of levels).
+
+>>> cfg = GRConfig(task="rec", levels=(4, 4, 2), n_items=32, d_model=32, n_heads=2)
+>>> m = GenerativeRetriever(cfg, codes=torch.randint(0, 2, (32, 3)))
+>>> src = torch.randint(1, 33, (2, 5))
+>>> mem, pad = m.encode(src)
+>>> m.decode(mem, pad, torch.zeros(2, 3, 1, dtype=torch.long)).shape   # 3 beams, prefix length 1, V = 4+4+2
+torch.Size([2, 3, 1, 10])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["GRConfig", "GenerativeRetriever"]
+
+
+@dataclass
+class GRConfig:
+    task: Literal["rec", "retrieval"] = "rec"  # rec: history -> next item; retrieval: text -> doc
+    levels: tuple[int, ...] = (64, 64, 64, 16)  # codes per ID level (last = collision-free suffix)
+    n_items: int = 0            # catalogue size (rec: history vocabulary and per-item embedding)
+    vocab_size: int = 0         # text vocabulary (retrieval)
+    item_embedding: bool = True  # rec: add a learned per-item vector to each history item's code sum
+    d_model: int = 128          # width
+    n_heads: int = 4
+    n_enc_layers: int = 2
+    n_dec_layers: int = 2
+    ffn_mult: int = 4           # FFN hidden = ffn_mult * d_model
+    dropout: float = 0.1
+    max_len: int = 50           # rec: items of history kept; retrieval: text tokens kept
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["levels"] = list(self.levels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GRConfig":
+        d = dict(d)
+        d["levels"] = tuple(d["levels"])
+        return cls(**d)
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, nh: int, dropout: float):
+        super().__init__()
+        self.nh, self.dropout = nh, dropout
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.o = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, mem: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        # x (B, Tq, d), mem (B, Tk, d), mask broadcastable to (B, nh, Tq, Tk), True = may attend
+        B, Tq, d = x.shape
+        hs = d // self.nh
+        q = self.q(x).view(B, Tq, self.nh, hs).transpose(1, 2)  # (B, nh, Tq, hs)
+        k, v = self.kv(mem).view(B, -1, 2, self.nh, hs).permute(2, 0, 3, 1, 4)  # (B, nh, Tk, hs) each
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.o(y.transpose(1, 2).reshape(B, Tq, d))
+
+
+class FFN(nn.Module):
+    def __init__(self, d: int, mult: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, mult * d), nn.GELU(), nn.Linear(mult * d, d), nn.Dropout(dropout))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, c: GRConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
+        self.attn = Attention(c.d_model, c.n_heads, c.dropout)
+        self.ffn = FFN(c.d_model, c.ffn_mult, c.dropout)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x, mask):
+        h = self.ln1(x)
+        x = x + self.drop(self.attn(h, h, mask))
+        return x + self.ffn(self.ln2(x))
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, c: GRConfig):
+        super().__init__()
+        self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(c.d_model) for _ in range(3))
+        self.self_attn = Attention(c.d_model, c.n_heads, c.dropout)
+        self.cross_attn = Attention(c.d_model, c.n_heads, c.dropout)
+        self.ffn = FFN(c.d_model, c.ffn_mult, c.dropout)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x, mem, self_mask, cross_mask):
+        # x (B, T, l, d); self-attention within each of the T targets, cross-attention to mem (B, S, d)
+        B, T, l, d = x.shape
+        h = self.ln1(x).reshape(B * T, l, d)
+        x = x + self.drop(self.self_attn(h, h, self_mask)).view(B, T, l, d)
+        h = self.ln2(x).reshape(B, T * l, d)
+        x = x + self.drop(self.cross_attn(h, mem, cross_mask)).view(B, T, l, d)
+        return x + self.ffn(self.ln3(x))
+
+
+class GenerativeRetriever(nn.Module):
+    """Encoder-decoder that maps a history or a query to a semantic ID, level by level."""
+
+    def __init__(self, cfg: GRConfig, codes: torch.Tensor | None = None):
+        super().__init__()
+        self.cfg = c = cfg
+        L = len(c.levels)
+        offsets = torch.tensor([0] + list(c.levels[:-1])).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)  # (L,) start of each level in the code vocabulary
+        V = int(sum(c.levels))
+        if c.task == "rec":
+            if codes is None or tuple(codes.shape) != (c.n_items, L):
+                raise ValueError(f"rec model needs codes of shape ({c.n_items}, {L})")
+            # row 0 = padding item; item i (0-based) is row i+1
+            table = torch.cat([torch.zeros(1, L, dtype=torch.long), codes.long() + offsets + 1], 0)
+            self.register_buffer("item_codes", table)  # (n_items+1, L) code-vocab ids, 0 = pad
+            self.code_in = nn.Embedding(V + 1, c.d_model, padding_idx=0)
+            self.item_in = nn.Embedding(c.n_items + 1, c.d_model, padding_idx=0) if c.item_embedding else None
+        else:
+            self.tok_in = nn.Embedding(c.vocab_size, c.d_model, padding_idx=0)
+        self.pos_in = nn.Embedding(c.max_len, c.d_model)
+        self.enc = nn.ModuleList(EncoderBlock(c) for _ in range(c.n_enc_layers))
+        self.enc_ln = nn.LayerNorm(c.d_model)
+        self.dec_in = nn.Embedding(V + 1, c.d_model)  # 0 = BOS, 1 + offset[l] + code
+        self.level_in = nn.Embedding(L, c.d_model)
+        self.dec = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_dec_layers))
+        self.dec_ln = nn.LayerNorm(c.d_model)
+        self.head = nn.Linear(c.d_model, V)
+        self.drop = nn.Dropout(c.dropout)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                m.weight.data[m.padding_idx].zero_()
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- encoder -------------------------------------------------------------
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src (B, S) ids, 0 = pad (rec: left-padded item rows; retrieval: right-padded tokens).
+
+        Returns memory (B, S, d) and the key padding mask (B, S), True = real token.
+        """
+        c = self.cfg
+        B, S = src.shape
+        pad = src != 0
+        if c.task == "rec":
+            x = self.code_in(self.item_codes[src]).sum(2)  # (B, S, d)
+            if self.item_in is not None:
+                x = x + self.item_in(src)
+            mask = torch.ones(S, S, dtype=torch.bool, device=src.device).tril()[None, None] & pad[:, None, None, :]
+            mask = mask | torch.eye(S, dtype=torch.bool, device=src.device)  # pads attend to themselves (no NaN rows)
+        else:
+            x = self.tok_in(src)
+            mask = pad[:, None, None, :]
+        x = self.drop(x * math.sqrt(c.d_model) + self.pos_in(torch.arange(S, device=src.device)))
+        for blk in self.enc:
+            x = blk(x, mask)
+        return self.enc_ln(x), pad
+
+    # -- decoder -------------------------------------------------------------
+    def decode(self, mem: torch.Tensor, mem_pad: torch.Tensor, prefix: torch.Tensor, cross_visible: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for the next level after each prefix.
+
+        mem (B, S, d), mem_pad (B, S); prefix (B, T, l) decoder input ids (column 0 = BOS = 0,
+        then 1 + offset + code); cross_visible (T, S) optional extra mask (rec training:
+        target t sees history positions <= t). Returns (B, T, l, V) logits over the code
+        vocabulary; position j predicts level j.
+        """
+        B, T, l = prefix.shape
+        x = self.dec_in(prefix) + self.level_in(torch.arange(l, device=prefix.device))  # (B, T, l, d)
+        x = self.drop(x)
+        self_mask = torch.ones(l, l, dtype=torch.bool, device=prefix.device).tril()
+        cross = mem_pad[:, None, None, :]  # (B, 1, 1, S)
+        if cross_visible is not None:
+            cv = cross_visible[:, None, :].expand(T, l, -1).reshape(T * l, -1)  # (T*l, S)
+            cross = cross & cv[None, None]
+            cross = cross | ~cross.any(-1, keepdim=True)  # a query with nothing to see: see all (its loss is masked anyway)
+        for blk in self.dec:
+            x = blk(x, mem, self_mask, cross)
+        return self.head(self.dec_ln(x))
+
+    def level_logprobs(self, logits: torch.Tensor, level: int) -> torch.Tensor:
+        """log-softmax over level ``level``'s codes only: (..., V) -> (..., levels[level])."""
+        o = int(self.offsets[level])
+        return F.log_softmax(logits[..., o:o + self.cfg.levels[level]].float(), dim=-1)
+
+    def teacher_inputs(self, target_codes: torch.Tensor) -> torch.Tensor:
+        """(…, L) codes -> (…, L) decoder inputs: BOS then the first L-1 codes shifted into vocab ids."""
+        ids = target_codes + self.offsets + 1
+        return torch.cat([torch.zeros_like(ids[..., :1]), ids[..., :-1]], -1)
+
+    def loss(self, logits: torch.Tensor, target_codes: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean per-level cross-entropy. logits (..., L, V), target_codes (..., L), weight (...) 0/1."""
+        L = len(self.cfg.levels)
+        total = 0.0
+        for j in range(L):
+            lp = self.level_logprobs(logits[..., j, :], j)  # (..., K_j)
+            nll = -lp.gather(-1, target_codes[..., j:j + 1]).squeeze(-1)
+            total = total + nll
+        total = total / L
+        if weight is None:
+            return total.mean()
+        return (total * weight).sum() / weight.sum().clamp_min(1)
+
+    # -- training forward ----------------------------------------------------
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
+        """Training loss (so DDP's hooks see a forward): rec ``(seq,)``, retrieval ``(src, codes)``."""
+        return self.rec_loss(*batch) if self.cfg.task == "rec" else self.retrieval_loss(*batch)
+
+    def rec_loss(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, S+1) left-padded item rows: every position predicts the next item."""
+        src, tgt = seq[:, :-1], seq[:, 1:]
+        mem, pad = self.encode(src)
+        S = src.shape[1]
+        codes = self.item_codes[tgt] - self.offsets - 1  # (B, S, L) level codes (pad rows give garbage, masked)
+        codes = codes.clamp_min(0)
+        visible = torch.ones(S, S, dtype=torch.bool, device=seq.device).tril()
+        logits = self.decode(mem, pad, self.teacher_inputs(codes), visible)  # (B, S, L, V)
+        weight = ((tgt != 0) & (src != 0)).float()
+        return self.loss(logits, codes, weight)
+
+    def retrieval_loss(self, src: torch.Tensor, target_codes: torch.Tensor) -> torch.Tensor:
+        """src (B, S) text tokens, target_codes (B, L)."""
+        mem, pad = self.encode(src)
+        logits = self.decode(mem, pad, self.teacher_inputs(target_codes)[:, None])  # (B, 1, L, V)
+        return self.loss(logits[:, 0], target_codes)
