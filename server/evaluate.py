@@ -1,0 +1,93 @@
+"""Same-run comparisons: every method ranks the same queries over the whole catalogue.
+
+A *method* is anything with ``rank(histories, k, exclude_seen)`` (recommendation) or
+``search(texts, k)`` (retrieval) returning ``[(id, score), ...]`` per query, plus
+``n_params()`` and ``size_bytes()``. Metrics are :func:`server.metrics.rank_metrics`;
+latency is measured per single query with torch limited to one thread (the device
+setting), after a warm-up.
+
+>>> from server.data.base import RecSplit
+>>> from server.peers.popularity import PopularityPeer
+>>> split = RecSplit({"u": ["a", "b"]}, {"u": "a"}, {"u": "b"})
+>>> pop = PopularityPeer().fit(split, ["a", "b"], include_valid=True)
+>>> r = evaluate_rec({"popularity": pop}, split, latency_queries=2)
+>>> r["popularity"]["recall@1"], r["popularity"]["params"]
+(1.0, 0)
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .data.base import Query, RecSplit
+from .metrics import rank_metrics
+
+__all__ = ["evaluate_rec", "evaluate_retrieval", "latency_ms", "one_thread"]
+
+
+@contextmanager
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def latency_ms(fn: Callable[[object], object], inputs: Sequence[object], warmup: int = 5) -> dict[str, float]:
+    """p50 / p99 wall time of ``fn(x)`` over ``inputs``, one at a time, at 1 thread."""
+    with one_thread():
+        for x in inputs[:warmup]:
+            fn(x)
+        times = []
+        for x in inputs:
+            t = time.perf_counter()
+            fn(x)
+            times.append((time.perf_counter() - t) * 1e3)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99))}
+
+
+def _ids(ranked: list[list[tuple[str, float]]]) -> list[list[str]]:
+    return [[i for i, _ in r] for r in ranked]
+
+
+def _describe(m, metrics: dict, lat: dict) -> dict:
+    return {**metrics, **lat, "params": int(m.n_params()), "size_mb": m.size_bytes() / 1e6}
+
+
+def evaluate_rec(methods: Mapping[str, object], split: RecSplit, *, users: Sequence[str] | None = None,
+                 latency_queries: int = 200, seed: int = 0) -> dict[str, dict]:
+    """Test-time leave-one-out: history = ``split.test_history(u)``, target = ``test_target[u]``.
+
+    Reports both conventions, labelled: the main keys keep already-seen items in the
+    ranking; ``seen_removed`` holds the metrics with them removed.
+    """
+    users = list(users if users is not None else split.test_target)
+    hist = [split.test_history(u) for u in users]
+    rel = [{split.test_target[u]} for u in users]
+    lat_hist = [hist[i] for i in np.random.default_rng(seed).choice(len(hist), min(latency_queries, len(hist)), replace=False)]
+    out = {}
+    for name, m in methods.items():
+        metrics = rank_metrics(_ids(m.rank(hist, 10)), rel)
+        metrics["seen_removed"] = rank_metrics(_ids(m.rank(hist, 10, exclude_seen=True)), rel)
+        out[name] = _describe(m, metrics, latency_ms(lambda h: m.rank([h], 10), lat_hist))
+    return out
+
+
+def evaluate_retrieval(methods: Mapping[str, object], queries: Sequence[Query], *, latency_queries: int = 200,
+                       seed: int = 0) -> dict[str, dict]:
+    """Full-catalogue retrieval of ``queries``; a hit is any id in ``query.relevant``."""
+    texts = [q.text for q in queries]
+    rel = [q.relevant for q in queries]
+    lat = [texts[i] for i in np.random.default_rng(seed).choice(len(texts), min(latency_queries, len(texts)), replace=False)]
+    out = {}
+    for name, m in methods.items():
+        metrics = rank_metrics(_ids(m.search(texts, 10)), rel)
+        out[name] = _describe(m, metrics, latency_ms(lambda t: m.search([t], 10), lat))
+    return out
