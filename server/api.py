@@ -1,0 +1,34 @@
+"""The small Python API of the cloud side.
+
+>>> import server
+>>> model = server.load(".cache/edge_gr/demo/rec-model")          # doctest: +SKIP
+>>> server.search(model, ["Star Wars (1977)", "Alien (1979)"], k=3)  # doctest: +SKIP
+[('Aliens (1986)', -1.93), ...]
+>>> server.search(".cache/edge_gr/demo/retrieval-model", "god so loved the world")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from .generative import GenerativeModel
+
+__all__ = ["load", "search"]
+
+
+def load(path: str | os.PathLike, device: str = "cpu") -> GenerativeModel:
+    """Load a checkpoint folder written by ``edge-gr train`` (format checked)."""
+    return GenerativeModel.load(path, device=device)
+
+
+def search(model: GenerativeModel | str | os.PathLike, query: str | Sequence[str], k: int = 10, *,
+           beam: int = 50, exclude_seen: bool = False) -> list[tuple[str, float]]:
+    """Top-``k`` ``(id, score)``: ``query`` is text (retrieval) or a list of item ids (recommendation).
+
+    An empty history gets the popularity ranking (scores ``nan``); bad text raises
+    :class:`edge_gr.errors.InputError` saying what to do.
+    """
+    if not isinstance(model, GenerativeModel):
+        model = load(model)
+    return model.search(query, k, beam=beam, exclude_seen=exclude_seen)

@@ -1,0 +1,228 @@
+"""The ``edge-gr`` command: thin - parses, calls the library, prints.
+
+    edge-gr demo                          # both comparisons on the small default data (minutes on CPU)
+    edge-gr eval --task rec --preset full --out bench/results/rec.json
+    edge-gr ids --task rec --dataset ml-1m --levels 64,64,64 --out ids.json
+    edge-gr train --task retrieval --preset demo --out ckpt/
+    edge-gr search ckpt/ "in the beginning was the word"
+    edge-gr search rec-ckpt/ --history "Star Wars (1977)" "Alien (1979)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from edge_gr.errors import EdgeGRError
+
+__all__ = ["main"]
+
+
+def _levels(s: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("levels are comma-separated integers, e.g. 64,64,64") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError("every level needs at least one code")
+    return out
+
+
+def _presets(args):
+    from .pipeline import REC_PRESETS, RETRIEVAL_PRESETS
+
+    rec = replace(REC_PRESETS[args.preset])
+    ret = replace(RETRIEVAL_PRESETS[args.preset])
+    if getattr(args, "dataset", None):
+        rec.dataset = args.dataset
+    if getattr(args, "epochs", None):
+        rec.train = replace(rec.train, epochs=args.epochs)
+        ret.train = replace(ret.train, epochs=args.epochs)
+    if getattr(args, "levels", None):
+        rec.levels = ret.levels = args.levels
+    return rec, ret
+
+
+def fmt_table(title: str, methods: dict) -> "object":
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in ["method", "R@1", "R@10", "NDCG@10", "MRR@10", "p50 ms", "p99 ms", "params", "MB"]:
+        t.add_column(c, justify="right" if c != "method" else "left")
+    for name, m in methods.items():
+        t.add_row(name, *(f"{m[k]:.4f}" for k in ("recall@1", "recall@10", "ndcg@10", "mrr@10")),
+                  f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}", f"{m['params']:,}", f"{m['size_mb']:.2f}")
+    return t
+
+
+def _print_results(res: dict) -> None:
+    from rich.console import Console
+
+    con = Console()
+    for key, r in res.items():
+        if not isinstance(r, dict) or "methods" not in r:
+            continue
+        con.print(fmt_table(f"{key}: {r['dataset']} ({r['protocol']})", r["methods"]))
+        seen = {n: m["seen_removed"] | {k: m[k] for k in ("p50_ms", "p99_ms", "params", "size_mb")}
+                for n, m in r["methods"].items() if "seen_removed" in m}
+        if seen:
+            con.print(fmt_table(f"{key}: {r['dataset']}, already-seen items removed from the ranking", seen))
+
+
+def _run(args, tasks: list[str]) -> dict:
+    from .evaluate import one_thread  # noqa: F401  (import check before long work)
+    from .pipeline import run_rec, run_retrieval
+    import datetime, platform
+
+    rec, ret = _presets(args)
+    out = Path(args.out) if args.out else None
+    ckpt = Path(args.checkpoints) if getattr(args, "checkpoints", None) else None
+    res: dict = {"machine": f"{platform.node()} {platform.machine()} {_cpu()}", "date": datetime.date.today().isoformat(),
+                 "preset": args.preset}
+    if "rec" in tasks:
+        res["movielens"] = run_rec(rec, out_dir=ckpt, device=args.device)
+    if "retrieval" in tasks:
+        res["bible"] = run_retrieval(ret, out_dir=ckpt, device=args.device)
+    if out:
+        from .io import write_json
+
+        write_json(out, res)
+    _print_results(res)
+    return res
+
+
+def _cpu() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    import os
+
+    return f"{os.cpu_count()} CPU cores"
+
+
+def cmd_demo(args) -> None:
+    _run(args, ["rec", "retrieval"])
+
+
+def cmd_eval(args) -> None:
+    _run(args, ["rec", "retrieval"] if args.task == "all" else [args.task])
+
+
+def cmd_ids(args) -> None:
+    from .pipeline import load_rec_data, load_retrieval_data, rec_ids, retrieval_ids
+
+    rec, ret = _presets(args)
+    if args.task == "rec":
+        rec.id_source, rec.id_method = args.source, args.method
+        data = load_rec_data(rec)
+        ids = rec_ids(data, data.split(), rec)
+    else:
+        ret.id_method = args.method
+        ids = retrieval_ids(load_retrieval_data(ret), ret)
+    ids.save(args.out)
+    print(json.dumps(ids.stats(), indent=1))
+    print(f"wrote {args.out}")
+
+
+def cmd_train(args) -> None:
+    from .pipeline import load_rec_data, load_retrieval_data, rec_ids, retrieval_ids
+    from .train import train_rec, train_retrieval
+
+    rec, ret = _presets(args)
+    dev = args.device or "cpu"
+    if args.task == "rec":
+        data = load_rec_data(rec)
+        split = data.split()
+        gm, _ = train_rec(split, data.items, rec_ids(data, split, rec), replace(rec.model), replace(rec.train, device=dev))
+    else:
+        data = load_retrieval_data(ret)
+        gm, _ = train_retrieval(data, retrieval_ids(data, ret), replace(ret.model), replace(ret.train, device=dev),
+                                vocab_size=ret.vocab_size, index_windows=ret.index_windows)
+    gm.model.to("cpu")
+    gm.save(args.out)
+    print(f"wrote {args.out} ({gm.model.n_params():,} parameters)")
+
+
+def cmd_search(args) -> None:
+    from .api import load
+
+    gm = load(args.checkpoint)
+    q = args.history if args.history is not None else args.query
+    if q is None:
+        raise EdgeGRError("nothing to search for", hint="give a query text or --history ITEM [ITEM ...]")
+    for rank, (iid, score) in enumerate(gm.search(q, args.k, beam=args.beam, exclude_seen=args.exclude_seen), 1):
+        text = next((i.text for i in gm.items if i.id == iid), "")[:80]
+        print(f"{rank:>3}  {score:8.3f}  {gm.ids.format_id(iid):>12}  {iid}  {text}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-gr", description="On-device generative retrieval and recommendation (cloud-side tools).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def common(sp, tasks=("rec", "retrieval")):
+        sp.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo", help="data size and model/training config (default: demo)")
+        sp.add_argument("--device", default=None, help="torch device for training (default: cuda if available, else cpu)")
+        sp.add_argument("--epochs", type=int, default=None, help="override the preset's maximum epochs")
+        sp.add_argument("--levels", type=_levels, default=None, help="codes per ID level, e.g. 64,64,64 (a collision-free digit is appended)")
+        sp.add_argument("--dataset", default=None, help="rec data: ml-1m, ml-100k or a folder with items.jsonl + interactions.jsonl")
+
+    sp = sub.add_parser("demo", help="run both comparisons on the small default data and print them")
+    common(sp)
+    sp.add_argument("--out", default=None, help="write the results JSON here")
+    sp.add_argument("--checkpoints", default=None, help="save the trained generative models under this folder")
+    sp.set_defaults(fn=cmd_demo)
+
+    sp = sub.add_parser("eval", help="train the generative model and its peers, compare them in one run")
+    common(sp)
+    sp.add_argument("--task", choices=["rec", "retrieval", "all"], default="all")
+    sp.add_argument("--out", default=None, help="write the results JSON here")
+    sp.add_argument("--checkpoints", default=None, help="save the trained generative models under this folder")
+    sp.set_defaults(fn=cmd_eval)
+
+    sp = sub.add_parser("ids", help="build semantic IDs and print their codebook utilisation / collision rate")
+    common(sp)
+    sp.add_argument("--task", choices=["rec", "retrieval"], required=True)
+    sp.add_argument("--source", choices=["collab", "text", "fusion"], default="collab", help="rec: what the IDs are built from")
+    sp.add_argument("--method", choices=["rq", "hkm"], default="rq", help="residual or hierarchical k-means")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(fn=cmd_ids)
+
+    sp = sub.add_parser("train", help="train a generative model and save a checkpoint folder")
+    common(sp)
+    sp.add_argument("--task", choices=["rec", "retrieval"], required=True)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(fn=cmd_train)
+
+    sp = sub.add_parser("search", help="query a trained checkpoint")
+    sp.add_argument("checkpoint")
+    sp.add_argument("query", nargs="?", default=None, help="query text (retrieval model)")
+    sp.add_argument("--history", nargs="*", default=None, help="item ids, oldest first (recommender)")
+    sp.add_argument("-k", type=int, default=10)
+    sp.add_argument("--beam", type=int, default=50)
+    sp.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")
+    sp.set_defaults(fn=cmd_search)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except EdgeGRError as e:
+        print(f"edge-gr: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edge-gr: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
