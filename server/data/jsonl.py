@@ -12,6 +12,7 @@ number; writers are atomic (temp file + rename).
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -33,7 +34,8 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist", hint="pass the path of a JSONL file (one JSON object per line)")
-    with open(path, "rb") as f:
+    opener = gzip.open if path.suffix == ".gz" else open  # .jsonl.gz is read the same way
+    with opener(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -103,7 +105,9 @@ def _write(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        os.close(fd)
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(tmp, "wt", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
@@ -140,12 +144,13 @@ def load_rec_jsonl(items_path, interactions_path, name: str = "jsonl") -> RecDat
     return RecData(name=name, items=items, sequences=seqs)
 
 
-def load_retrieval_jsonl(docs_path, train_path, test_path, name: str = "jsonl") -> RetrievalData:
-    """A retrieval data set from a docs file and train / test query files."""
+def load_retrieval_jsonl(docs_path, train_path, test_path, name: str = "jsonl", valid_path=None) -> RetrievalData:
+    """A retrieval data set from a docs file and train / test (/ validation) query files."""
     docs = read_items(docs_path)
     ids = {d.id for d in docs}
     train, test = read_queries(train_path), read_queries(test_path)
-    for p, qs in ((train_path, train), (test_path, test)):
+    valid = read_queries(valid_path) if valid_path else []
+    for p, qs in ((train_path, train), (test_path, test), (valid_path, valid)):
         _check_known(p, ids, (r for q in qs for r in q.relevant), "relevant ids")
     index = [Query(f"index:{d.id}", d.text, frozenset([d.id])) for d in docs]
-    return RetrievalData(name=name, docs=docs, train=train, test=test, index_queries=index)
+    return RetrievalData(name=name, docs=docs, train=train, test=test, valid=valid, index_queries=index)
