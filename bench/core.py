@@ -96,6 +96,8 @@ def train(args) -> None:
         # Variants are compared on the *validation* targets (full ranking, all users);
         # the best one is saved and later evaluated once on the test targets.
         variants = json.loads(args.variants) if args.variants else [{"name": "preset"}]
+        if args.only == "sasrec":
+            variants = []
         best, t_all, info["variants"] = None, time.time(), []
         for v in variants:
             vids = SemanticIds.load(d / "ml-1m" / v["ids"]) if "ids" in v else ids
@@ -110,18 +112,22 @@ def train(args) -> None:
             print(f"variant {v['name']}: valid NDCG@10 {val['ndcg@10']:.4f} R@10 {val['recall@10']:.4f} ({rec['train_minutes']:.1f} min)", flush=True)
             if best is None or val["ndcg@10"] > best[0]:
                 best = (val["ndcg@10"], gm, v["name"])
+    if args.task == "rec" and best is not None:
         gm = best[1]
         info["edge-gr-teacher"] = {"train_minutes": (time.time() - t_all) / 60, "selected": best[2],
                                    "log": next(x["log"] for x in info["variants"] if x["name"] == best[2])}
         gm.meta["variant"] = best[2]
         gm.model.to("cpu")
         gm.save(out / "rec-model")
+    if args.task == "rec" and args.only != "gen":
+        p, data = REC_PRESETS["full"], _load_ml(d)
+        split = data.split()
         t = time.time()
         sas = train_sasrec(split, [i.id for i in data.items], SASRecConfig(**{**p.sasrec, "device": args.device}))
         info["sasrec"] = {"train_minutes": (time.time() - t) / 60, "log": getattr(sas, "history", [])}
         sas.model.to("cpu")
         sas.save(out / "sasrec")
-    else:
+    if args.task == "retrieval":
         p = RETRIEVAL_PRESETS["full"]
         data = _load_bible(d)
         ids = SemanticIds.load(d / "bible" / "ids.json")
@@ -132,7 +138,7 @@ def train(args) -> None:
         info["edge-gr-teacher"] = {"train_minutes": (time.time() - t) / 60, "log": log, "train_overrides": over}
         gm.model.to("cpu")
         gm.save(out / "retrieval-model")
-    (out / f"train-{args.task}.json").write_text(json.dumps(info, indent=1, default=str))
+    (out / f"train-{args.task}{'-' + args.only if args.only else ''}.json").write_text(json.dumps(info, indent=1, default=str))
     print(json.dumps({k: v for k, v in info.items() if k != "log"}, indent=1, default=str)[:3000])
 
 
@@ -157,7 +163,10 @@ def evaluate(args) -> None:
         pop = PopularityPeer().fit(split, [i.id for i in data.items], include_valid=True)
         beam = REC_PRESETS["full"].beam
         m = evaluate_rec({"edge-gr-teacher": _GenRec(gm, beam), "sasrec": _SafeRec(sas, pop), "popularity": pop}, split)
-        tinfo = json.loads((ck / "train-rec.json").read_text()) if (ck / "train-rec.json").is_file() else {}
+        tinfo = {}
+        for f in ("train-rec.json", "train-rec-gen.json", "train-rec-sasrec.json"):
+            if (ck / f).is_file():
+                tinfo.update(json.loads((ck / f).read_text()))
         for name in ("edge-gr-teacher", "sasrec"):
             if name in tinfo:
                 m[name]["trained_on"] = tinfo["machine"]
@@ -198,6 +207,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-minutes", type=float, default=None, help="train: wall-clock budget for the generative model")
     ap.add_argument("--variants", default=None, help='train rec: JSON list of {"name", "ids", "model": {...}, "train": {...}}; best on validation is kept')
+    ap.add_argument("--only", choices=["gen", "sasrec"], default=None, help="train rec: only the generative model / only SASRec (to run both in parallel)")
     ap.add_argument("--train-json", default=None, help='train retrieval: JSON overrides of the preset TrainConfig, e.g. {"batch_size": 1024}')
     ap.add_argument("--out", default=str(ROOT / ".cache" / "bench_ckpts"))
     ap.add_argument("--ckpts", default=str(ROOT / ".cache" / "bench_ckpts"))

@@ -141,6 +141,7 @@ def cmd_train(args) -> None:
         data = load_rec_data(rec)
         split = data.split()
         gm, _ = train_rec(split, data.items, rec_ids(data, split, rec), replace(rec.model), replace(rec.train, device=dev))
+        gm.meta["dataset"] = rec.dataset
     else:
         data = load_retrieval_data(ret)
         gm, _ = train_retrieval(data, retrieval_ids(data, ret), replace(ret.model), replace(ret.train, device=dev),
@@ -150,11 +151,29 @@ def cmd_train(args) -> None:
     print(f"wrote {args.out} ({gm.model.n_params():,} parameters)")
 
 
+def _user_history(gm, user: str) -> list[str]:
+    """A known user's full history (train + validation items) from the checkpoint's data set."""
+    from .pipeline import RecPreset, load_rec_data
+
+    dataset = gm.meta.get("dataset")
+    if gm.task != "rec" or not dataset:
+        raise EdgeGRError("this checkpoint does not know its users", hint="pass --history ITEM [ITEM ...] instead of --user")
+    data = load_rec_data(RecPreset(dataset=dataset))
+    if user not in data.sequences:
+        from edge_gr.errors import InputError
+
+        sample = ", ".join(list(data.sequences)[:3])
+        raise InputError(f"unknown user {user!r} in {dataset}", hint=f"use a user id of that data set (e.g. {sample}) or pass --history")
+    return data.sequences[user][:-1]
+
+
 def cmd_search(args) -> None:
     from .api import load
 
     gm = load(args.checkpoint)
     q = args.history if args.history is not None else args.query
+    if args.user is not None:
+        q = _user_history(gm, args.user)
     if q is None:
         raise EdgeGRError("nothing to search for", hint="give a query text or --history ITEM [ITEM ...]")
     for rank, (iid, score) in enumerate(gm.search(q, args.k, beam=args.beam, exclude_seen=args.exclude_seen), 1):
@@ -204,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint")
     sp.add_argument("query", nargs="?", default=None, help="query text (retrieval model)")
     sp.add_argument("--history", nargs="*", default=None, help="item ids, oldest first (recommender)")
+    sp.add_argument("--user", default=None, help="a user of the checkpoint's data set (recommender): recommend from their history")
     sp.add_argument("-k", type=int, default=10)
     sp.add_argument("--beam", type=int, default=50)
     sp.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")

@@ -191,6 +191,7 @@ def run_rec(p: RecPreset, *, out_dir: str | Path | None = None, device: str | No
     tcfg = replace(p.train, device=device)
     t = time.time()
     gm, log = train_rec(split, data.items, ids, replace(p.model), tcfg)
+    gm.meta["dataset"] = p.dataset
     gen_minutes = (time.time() - t) / 60
     gm.model.to("cpu")
     if out_dir:

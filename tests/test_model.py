@@ -143,3 +143,18 @@ dist.destroy_process_group()
     assert r.returncode == 0, r.stderr[-3000:]
     assert "DDP-OK 2 2" in r.stdout
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+def test_cli_reports_bad_input_without_a_trace(rec_model, tmp_path, capsys):
+    from server.cli import main
+
+    gm = rec_model[0]
+    gm.meta["dataset"] = "ml-100k"
+    gm.save(tmp_path / "ck")
+    assert main(["search", str(tmp_path / "ck"), "--user", "no-such-user"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown user 'no-such-user'" in err and "Traceback" not in err
+    assert main(["search", str(tmp_path / "missing"), "x"]) == 2
+    assert "not an edge-gr checkpoint" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "ck"), "--history", "i1", "i2", "-k", "3"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
