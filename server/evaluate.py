@@ -8,11 +8,11 @@ setting), after a warm-up.
 
 >>> from server.data.base import RecSplit
 >>> from server.peers.popularity import PopularityPeer
->>> split = RecSplit({"u": ["a", "b"]}, {"u": "a"}, {"u": "b"})
+>>> split = RecSplit({"u": ["a", "b"]}, {"u": "a"}, {"u": "a"})
 >>> pop = PopularityPeer().fit(split, ["a", "b"], include_valid=True)
 >>> r = evaluate_rec({"popularity": pop}, split, latency_queries=2)
 >>> r["popularity"]["recall@1"], r["popularity"]["params"]
-(1.0, 0)
+(1.0, 2)
 """
 
 from __future__ import annotations
