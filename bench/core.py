@@ -192,6 +192,10 @@ def evaluate(args) -> None:
                         "full ranking; a hit on any verse with identical KJV text counts", "ids": gm.ids.stats() | gm.ids.meta,
                         "beam": beam, "methods": m, "generative_config": gm.model.cfg.to_dict()}
     write_json(out_path, res)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from plot_core import main as plot
+
+    plot(out_path)
     from server.cli import _print_results
 
     _print_results({k: v | {"dataset": k} for k, v in res.items() if isinstance(v, dict) and "methods" in v})

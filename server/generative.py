@@ -89,8 +89,9 @@ class GenerativeModel:
         if self.task != "rec":
             raise InputError("this is a retrieval model", hint="call search(text) instead of rank(history)")
         results: list[list[tuple[str, float]]] = []
-        want = k + (max((len(h) for h in histories), default=0) if exclude_seen else 0)
-        want = min(want, len(self.ids))
+        # With exclude_seen the beam's top-`beam` IDs are decoded and seen items dropped
+        # from them (a user with many seen items among those may get fewer than k back).
+        want = min(max(beam, k) if exclude_seen else k, len(self.ids))
         for s in range(0, len(histories), batch_size):
             chunk = histories[s:s + batch_size]
             src = self._history_tensor(chunk)
