@@ -58,7 +58,8 @@ class RetrievalPreset:
     vocab_size: int = 8000
     index_windows: int = 2
     model: GRConfig = field(default_factory=lambda: GRConfig(d_model=256, n_heads=4, max_len=32, dropout=0.1, n_enc_layers=4, n_dec_layers=2))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=40, batch_size=256, lr=1e-3, eval_queries=2000, beam=20, patience=5))
+    # batch 1024 / lr 3e-3 reached validation Recall@10 0.35 after 7.4 H200-minutes vs 0.27 for batch 256 / lr 1e-3 (2026-11-26)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=70, batch_size=1024, lr=3e-3, warmup_steps=200, eval_queries=2000, beam=20, patience=8))
     latency_queries: int = 200
 
 
