@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["edge_gr.errors", "edge_gr.ids", "edge_gr.decode", "server.metrics", "server.data.base", "server.data.jsonl",
+MODULES = ["edge_gr", "edge_gr.errors", "edge_gr.ids", "edge_gr.decode", "server.metrics", "server.data.base", "server.data.jsonl",
            "server.text", "server.model", "server.semantic_ids", "server.evaluate", "server.train", "server.peers.popularity"]
 
 
@@ -14,3 +14,12 @@ def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0, f"{name} has no examples"
     assert result.failed == 0
+
+
+def test_device_package_imports_no_torch_and_no_server():
+    import subprocess
+    import sys
+
+    code = "import sys, edge_gr, edge_gr.decode, edge_gr.ids; bad = [m for m in ('torch', 'server', 'device_sim') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
