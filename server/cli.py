@@ -61,7 +61,7 @@ def fmt_table(title: str, methods: dict) -> "object":
 def _print_results(res: dict) -> None:
     from rich.console import Console
 
-    con = Console()
+    con = Console(width=max(Console().width, 132))  # the tables have 9 columns
     for key, r in res.items():
         if not isinstance(r, dict) or "methods" not in r:
             continue

@@ -66,7 +66,7 @@ class RetrievalPreset:
 REC_PRESETS = {
     "demo": RecPreset(dataset="ml-100k", levels=(32, 32, 32), collab_dim=32, beam=50,
                       model=GRConfig(d_model=64, n_heads=2, max_len=50, dropout=0.2),
-                      train=TrainConfig(epochs=12, batch_size=64, lr=2e-3, eval_queries=300, max_minutes=2.5, threads=2),
+                      train=TrainConfig(epochs=20, batch_size=64, lr=2e-3, eval_queries=300, max_minutes=3.0, threads=2),
                       sasrec={"max_len": 50, "epochs": 40, "patience": 5, "d_model": 64}),
     "full": RecPreset(),
     "tiny": RecPreset(dataset="ml-100k", max_users=120, levels=(8, 8), collab_dim=8, beam=10,
@@ -77,7 +77,7 @@ REC_PRESETS = {
 RETRIEVAL_PRESETS = {
     "demo": RetrievalPreset(books=["John"], levels=(10, 10, 10), beam=20,
                             model=GRConfig(d_model=128, n_heads=4, max_len=24, dropout=0.1, n_enc_layers=2, n_dec_layers=2),
-                            train=TrainConfig(epochs=15, batch_size=128, lr=2e-3, eval_queries=500, beam=20, max_minutes=3.0, threads=2),
+                            train=TrainConfig(epochs=25, batch_size=128, lr=2e-3, eval_queries=500, beam=20, max_minutes=3.0, threads=2),
                             vocab_size=4000),
     "full": RetrievalPreset(),
     "tiny": RetrievalPreset(books=["Jude"], levels=(4, 4), beam=10, train_windows=1, vocab_size=300, index_windows=1,
