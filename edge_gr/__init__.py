@@ -10,9 +10,9 @@ Imports neither ``server`` nor ``device_sim``, and nothing here needs torch.
 """
 
 from .decode import beam_search
-from .errors import BackendUnavailableError, BundleError, DataError, EdgeGRError, FormatError, InputError
+from .errors import BackendUnavailableError, BundleError, DataError, EdgeGRError, FormatError, InputError, QuantizationError
 from .ids import SemanticIds, Trie
 
 __all__ = ["SemanticIds", "Trie", "beam_search", "EdgeGRError", "DataError", "InputError", "FormatError",
-           "BundleError", "BackendUnavailableError"]
+           "BundleError", "BackendUnavailableError", "QuantizationError"]
 __version__ = "0.1.0"

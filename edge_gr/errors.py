@@ -19,6 +19,7 @@ __all__ = [
     "FormatError",
     "BundleError",
     "BackendUnavailableError",
+    "QuantizationError",
 ]
 
 
@@ -49,3 +50,8 @@ class BundleError(FormatError):
 
 class BackendUnavailableError(EdgeGRError, ImportError):
     """An optional runtime backend is not installed."""
+
+
+class QuantizationError(EdgeGRError):
+    """Compressing a model would break it: non-finite weights or activations, or values
+    outside the target format's range (names the module and what to change)."""

@@ -1,0 +1,50 @@
+"""Model compression for on-device generative retrieval (issue #3): the pure-math layer.
+
+* :mod:`.quantize` - int8 / int4 weight quantization, fp16 storage, mixed-precision recipes,
+  ``quantize_(model, config)`` and activation-range calibration.
+* :mod:`.distill` - knowledge-distillation losses and :class:`DistillConfig`.
+* :mod:`.grouped` - grouped (block-diagonal) linear layers with channel shuffle.
+
+The distillation and pruning pipelines that use these come later.
+
+>>> import torch.nn as nn
+>>> m = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+>>> quantize_(m, Int8Config())["modules"]["0"]["precision"]
+'int8'
+"""
+
+from .distill import DistillConfig, kd_loss, listwise_rank_loss
+from .grouped import GroupedLinear, channel_shuffle, from_linear, replace_linear_
+from .quantize import (
+    FP16_MAX,
+    Fp16Config,
+    Fp16Embedding,
+    Fp16Linear,
+    Int4Config,
+    Int8Config,
+    MixedPrecisionRecipe,
+    QuantConfig,
+    QuantLinear,
+    calibrate_activation_ranges,
+    chapter_recipe,
+    dequantize,
+    dequantize_int4_groupwise,
+    model_nbytes,
+    pack_int4,
+    quantize_,
+    quantize_int4_groupwise,
+    quantize_int8_symmetric,
+    unpack_int4,
+)
+
+__all__ = [
+    # quantize
+    "FP16_MAX", "quantize_int8_symmetric", "dequantize", "quantize_int4_groupwise", "dequantize_int4_groupwise",
+    "pack_int4", "unpack_int4", "QuantLinear", "Fp16Linear", "Fp16Embedding", "Int8Config", "Int4Config",
+    "Fp16Config", "QuantConfig", "MixedPrecisionRecipe", "chapter_recipe", "quantize_", "model_nbytes",
+    "calibrate_activation_ranges",
+    # distill
+    "kd_loss", "listwise_rank_loss", "DistillConfig",
+    # grouped
+    "GroupedLinear", "channel_shuffle", "from_linear", "replace_linear_",
+]
