@@ -134,7 +134,8 @@ dist.all_gather(gathered, w[0])
 assert torch.equal(gathered[0], gathered[1]), "replicas diverged"
 if dist.get_rank() == 0:
     gm.save({str(tmp_path / 'ckpt')!r})
-    print("DDP-OK", dist.get_world_size(), len(log))
+    print("DDP-OK", dist.get_world_size(), len(log), flush=True)
+dist.barrier()  # no rank tears gloo down while the other still talks to it
 dist.destroy_process_group()
 """)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
