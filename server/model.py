@@ -51,6 +51,19 @@ class GRConfig:
     ffn_mult: int = 4           # FFN hidden = ffn_mult * d_model
     dropout: float = 0.1
     max_len: int = 50           # rec: items of history kept; retrieval: text tokens kept
+    # Per-layer sizes after structured pruning (None = uniform): "enc.0.attn" / "dec.0.self_attn" /
+    # "dec.0.cross_attn" -> [n_heads, head_size], "enc.0.ffn" / "dec.0.ffn" -> hidden width.
+    layer_shapes: dict | None = None
+
+    def attn_shape(self, name: str) -> tuple[int, int]:
+        """(heads, head size) of the attention module ``name`` (e.g. ``"dec.0.cross_attn"``)."""
+        s = (self.layer_shapes or {}).get(name)
+        return (int(s[0]), int(s[1])) if s is not None else (self.n_heads, self.d_model // self.n_heads)
+
+    def ffn_hidden(self, name: str) -> int:
+        """Hidden width of the FFN ``name`` (e.g. ``"enc.1.ffn"``)."""
+        s = (self.layer_shapes or {}).get(name)
+        return int(s) if s is not None else self.ffn_mult * self.d_model
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -65,38 +78,42 @@ class GRConfig:
 
 
 class Attention(nn.Module):
-    def __init__(self, d: int, nh: int, dropout: float):
+    def __init__(self, d: int, nh: int, dropout: float, hs: int | None = None):
         super().__init__()
-        self.nh, self.dropout = nh, dropout
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
-        self.o = nn.Linear(d, d)
+        # nh * hs may be < d once heads are pruned
+        self.nh, self.hs, self.dropout = nh, hs if hs is not None else d // nh, dropout
+        inner = self.nh * self.hs
+        self.q = nn.Linear(d, inner)
+        self.kv = nn.Linear(d, 2 * inner)  # rows: [k heads | v heads]
+        self.o = nn.Linear(inner, d)
 
     def forward(self, x: torch.Tensor, mem: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # x (B, Tq, d), mem (B, Tk, d), mask broadcastable to (B, nh, Tq, Tk), True = may attend
         B, Tq, d = x.shape
-        hs = d // self.nh
+        hs = self.hs
         q = self.q(x).view(B, Tq, self.nh, hs).transpose(1, 2)  # (B, nh, Tq, hs)
         k, v = self.kv(mem).view(B, -1, 2, self.nh, hs).permute(2, 0, 3, 1, 4)  # (B, nh, Tk, hs) each
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.o(y.transpose(1, 2).reshape(B, Tq, d))
+        return self.o(y.transpose(1, 2).reshape(B, Tq, self.nh * hs))
 
 
 class FFN(nn.Module):
-    def __init__(self, d: int, mult: int, dropout: float):
+    def __init__(self, d: int, mult: int, dropout: float, hidden: int | None = None):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, mult * d), nn.GELU(), nn.Linear(mult * d, d), nn.Dropout(dropout))
+        h = hidden if hidden is not None else mult * d
+        self.net = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Linear(h, d), nn.Dropout(dropout))
 
     def forward(self, x):
         return self.net(x)
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, c: GRConfig):
+    def __init__(self, c: GRConfig, name: str = "enc.0"):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
-        self.attn = Attention(c.d_model, c.n_heads, c.dropout)
-        self.ffn = FFN(c.d_model, c.ffn_mult, c.dropout)
+        nh, hs = c.attn_shape(f"{name}.attn")
+        self.attn = Attention(c.d_model, nh, c.dropout, hs)
+        self.ffn = FFN(c.d_model, c.ffn_mult, c.dropout, c.ffn_hidden(f"{name}.ffn"))
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x, mask):
@@ -106,12 +123,13 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, c: GRConfig):
+    def __init__(self, c: GRConfig, name: str = "dec.0"):
         super().__init__()
         self.ln1, self.ln2, self.ln3 = (nn.LayerNorm(c.d_model) for _ in range(3))
-        self.self_attn = Attention(c.d_model, c.n_heads, c.dropout)
-        self.cross_attn = Attention(c.d_model, c.n_heads, c.dropout)
-        self.ffn = FFN(c.d_model, c.ffn_mult, c.dropout)
+        (snh, shs), (cnh, chs) = c.attn_shape(f"{name}.self_attn"), c.attn_shape(f"{name}.cross_attn")
+        self.self_attn = Attention(c.d_model, snh, c.dropout, shs)
+        self.cross_attn = Attention(c.d_model, cnh, c.dropout, chs)
+        self.ffn = FFN(c.d_model, c.ffn_mult, c.dropout, c.ffn_hidden(f"{name}.ffn"))
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x, mem, self_mask, cross_mask):
@@ -145,11 +163,11 @@ class GenerativeRetriever(nn.Module):
         else:
             self.tok_in = nn.Embedding(c.vocab_size, c.d_model, padding_idx=0)
         self.pos_in = nn.Embedding(c.max_len, c.d_model)
-        self.enc = nn.ModuleList(EncoderBlock(c) for _ in range(c.n_enc_layers))
+        self.enc = nn.ModuleList(EncoderBlock(c, f"enc.{i}") for i in range(c.n_enc_layers))
         self.enc_ln = nn.LayerNorm(c.d_model)
         self.dec_in = nn.Embedding(V + 1, c.d_model)  # 0 = BOS, 1 + offset[l] + code
         self.level_in = nn.Embedding(L, c.d_model)
-        self.dec = nn.ModuleList(DecoderBlock(c) for _ in range(c.n_dec_layers))
+        self.dec = nn.ModuleList(DecoderBlock(c, f"dec.{i}") for i in range(c.n_dec_layers))
         self.dec_ln = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, V)
         self.drop = nn.Dropout(c.dropout)
@@ -200,6 +218,10 @@ class GenerativeRetriever(nn.Module):
         target t sees history positions <= t). Returns (B, T, l, V) logits over the code
         vocabulary; position j predicts level j.
         """
+        return self.head(self.decode_hidden(mem, mem_pad, prefix, cross_visible))
+
+    def decode_hidden(self, mem: torch.Tensor, mem_pad: torch.Tensor, prefix: torch.Tensor, cross_visible: torch.Tensor | None = None) -> torch.Tensor:
+        """The final decoder states (B, T, l, d), after the last LayerNorm (``decode`` = ``head`` of these)."""
         B, T, l = prefix.shape
         x = self.dec_in(prefix) + self.level_in(torch.arange(l, device=prefix.device))  # (B, T, l, d)
         x = self.drop(x)
@@ -211,7 +233,7 @@ class GenerativeRetriever(nn.Module):
             cross = cross | ~cross.any(-1, keepdim=True)  # a query with nothing to see: see all (its loss is masked anyway)
         for blk in self.dec:
             x = blk(x, mem, self_mask, cross)
-        return self.head(self.dec_ln(x))
+        return self.dec_ln(x)
 
     def level_logprobs(self, logits: torch.Tensor, level: int) -> torch.Tensor:
         """log-softmax over level ``level``'s codes only: (..., V) -> (..., levels[level])."""

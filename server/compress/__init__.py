@@ -2,10 +2,11 @@
 
 * :mod:`.quantize` - int8 / int4 weight quantization, fp16 storage, mixed-precision recipes,
   ``quantize_(model, config)`` and activation-range calibration.
-* :mod:`.distill` - knowledge-distillation losses and :class:`DistillConfig`.
+* :mod:`.distill` - knowledge-distillation losses, :class:`DistillConfig` and the rec trainer
+  :func:`distill` (teacher -> smaller student, token-level KD + hidden / sequence-level / rank terms).
+* :mod:`.prune` - structured pruning of FFN channels and attention heads (``prune_``) and
+  per-layer sensitivity.
 * :mod:`.grouped` - grouped (block-diagonal) linear layers with channel shuffle.
-
-The distillation and pruning pipelines that use these come later.
 
 >>> import torch.nn as nn
 >>> m = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
@@ -13,7 +14,8 @@ The distillation and pruning pipelines that use these come later.
 'int8'
 """
 
-from .distill import DistillConfig, kd_loss, listwise_rank_loss
+from .distill import DistillConfig, RecDistiller, distill, kd_loss, listwise_rank_loss, teacher_beams
+from .prune import PruneConfig, layer_sensitivity, prunable_units, prune_
 from .grouped import GroupedLinear, channel_shuffle, from_linear, replace_linear_
 from .quantize import (
     FP16_MAX,
@@ -44,7 +46,9 @@ __all__ = [
     "Fp16Config", "QuantConfig", "MixedPrecisionRecipe", "chapter_recipe", "quantize_", "model_nbytes",
     "calibrate_activation_ranges",
     # distill
-    "kd_loss", "listwise_rank_loss", "DistillConfig",
+    "kd_loss", "listwise_rank_loss", "DistillConfig", "RecDistiller", "teacher_beams", "distill",
+    # prune
+    "PruneConfig", "prune_", "layer_sensitivity", "prunable_units",
     # grouped
     "GroupedLinear", "channel_shuffle", "from_linear", "replace_linear_",
 ]
