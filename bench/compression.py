@@ -83,6 +83,17 @@ def _row(gm: GenerativeModel, m: dict, base: dict | None, key: str) -> dict:
     return r
 
 
+def _table(models: dict[str, GenerativeModel], measure, key: str) -> dict[str, dict]:
+    """One row per variant; ``key``'s ratio is taken to the first variant (the fp32 teacher)."""
+    rows, base = {}, None
+    for name, v in models.items():
+        m = measure(name, v)
+        base = base or m
+        rows[name] = _row(v, m, base, key)
+        print(name, json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in rows[name].items()}), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpts", default=str(ROOT / ".cache" / "bench_ckpts"))
@@ -97,24 +108,14 @@ def main() -> None:
         data = _load_ml(d)
         split = data.split()
         gm = GenerativeModel.load(ck / "rec-model")
-        rows, base = {}, None
-        for name, v in variants(gm, _calib_rec(gm, split)).items():
-            m = evaluate_rec({name: _GenRec(v, 50)}, split)[name]
-            base = base or m
-            rows[name] = _row(v, m, base, "ndcg@10")
-            print(name, json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in rows[name].items()}), flush=True)
+        rows = _table(variants(gm, _calib_rec(gm, split)), lambda name, v: evaluate_rec({name: _GenRec(v, 50)}, split)[name], "ndcg@10")
         res["movielens-1m"] = {"methods": rows, "protocol": "as core.json (all 6,040 users, full ranking, seen kept)"}
     if "retrieval" in args.tasks:
         data = _load_bible(d)
         rng = np.random.default_rng(0)
         queries = [data.test[i] for i in sorted(rng.choice(len(data.test), min(args.bible_queries, len(data.test)), replace=False))]
         gm = GenerativeModel.load(ck / "retrieval-model")
-        rows, base = {}, None
-        for name, v in variants(gm, _calib_ret(gm, data)).items():
-            m = evaluate_retrieval({name: _GenSearch(v, 20)}, queries)[name]
-            base = base or m
-            rows[name] = _row(v, m, base, "recall@10")
-            print(name, json.dumps({k: round(x, 4) if isinstance(x, float) else x for k, x in rows[name].items()}), flush=True)
+        rows = _table(variants(gm, _calib_ret(gm, data)), lambda name, v: evaluate_retrieval({name: _GenSearch(v, 20)}, queries)[name], "recall@10")
         res["bible"] = {"methods": rows, "protocol": f"seeded subset of {len(queries)} WEB test queries, full ranking"}
     write_json(RESULTS / "compression.json", res)
     plot(RESULTS / "compression.json")
