@@ -6,6 +6,7 @@
     edge-gr train --task retrieval --preset demo --out ckpt/
     edge-gr search ckpt/ "in the beginning was the word"
     edge-gr search rec-ckpt/ --history "Star Wars (1977)" "Alien (1979)"
+    edge-gr compress --teacher ckpt/ --out variants/ --variants fp32,int8,int4,pruned-30
 """
 
 from __future__ import annotations
@@ -181,6 +182,79 @@ def cmd_search(args) -> None:
         print(f"{rank:>3}  {score:8.3f}  {gm.ids.format_id(iid):>12}  {iid}  {text}")
 
 
+def _first(folder: Path, stem: str) -> Path | None:
+    return next((folder / f"{stem}{ext}" for ext in (".jsonl", ".jsonl.gz") if (folder / f"{stem}{ext}").is_file()), None)
+
+
+def _compress_data(gm, spec: str | None):
+    """The data a checkpoint was trained on: a data-set name or a JSONL folder (see ``edge-gr compress -h``)."""
+    from .data.jsonl import load_rec_jsonl, load_retrieval_jsonl
+    from .pipeline import RETRIEVAL_PRESETS, RecPreset, load_rec_data, load_retrieval_data
+
+    spec = spec or (gm.meta or {}).get("dataset")
+    if not spec:
+        raise EdgeGRError("this checkpoint does not name its data set", hint="pass --data (ml-1m, bible-full, or a JSONL folder)")
+    folder = Path(spec)
+    if gm.task == "rec":
+        if folder.is_dir() and _first(folder, "items") and _first(folder, "interactions"):
+            return load_rec_jsonl(_first(folder, "items"), _first(folder, "interactions"), name=folder.name).split()
+        return load_rec_data(RecPreset(dataset=spec)).split()
+    if folder.is_dir():
+        need = {s: _first(folder, s) for s in ("docs", "train", "test")}
+        if not all(need.values()):
+            raise EdgeGRError(f"{folder} lacks {[s for s, p in need.items() if p is None]} (.jsonl or .jsonl.gz)",
+                              hint="a retrieval folder holds docs, train, test and optionally valid JSONL files")
+        return load_retrieval_jsonl(need["docs"], need["train"], need["test"], name=folder.name, valid_path=_first(folder, "valid"))
+    presets = {f"bible-{k}": v for k, v in RETRIEVAL_PRESETS.items()}
+    if spec not in presets:
+        raise EdgeGRError(f"unknown retrieval data {spec!r}", hint=f"use one of {', '.join(presets)} or a JSONL folder")
+    return load_retrieval_data(presets[spec])
+
+
+def _student(spec: str):
+    """``128x2`` -> a GRConfig of width 128 with 2 encoder and 2 decoder layers; ``none`` -> None."""
+    from .model import GRConfig
+
+    if spec == "none":
+        return None
+    try:
+        d, n = (int(x) for x in spec.lower().split("x"))
+    except ValueError:
+        raise EdgeGRError(f"bad --student {spec!r}", hint="use WIDTHxLAYERS, e.g. 128x2, or none") from None
+    return GRConfig(d_model=d, n_heads=max(1, d // 32), n_enc_layers=n, n_dec_layers=n, dropout=0.1)
+
+
+def cmd_compress(args) -> None:
+    from .compress.distill import DistillConfig
+    from .compress.variants import CompressConfig, compress
+    from .generative import GenerativeModel
+    from .train import TrainConfig
+
+    teacher = GenerativeModel.load(args.teacher, device=args.device or "cpu")
+    data = _compress_data(teacher, args.data)
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    student = _student(args.student)
+    if student is not None and teacher.task == "rec":
+        student.max_len = min(teacher.model.cfg.max_len, args.student_max_len or teacher.model.cfg.max_len)
+    dev = args.device or "cpu"
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, device=dev,
+                        max_minutes=args.minutes, eval_queries=args.eval_queries)
+    recover = TrainConfig(epochs=args.recover_epochs, batch_size=args.batch_size, lr=args.lr / 4, patience=args.recover_epochs,
+                          warmup_steps=20, device=dev, max_minutes=args.recover_minutes, eval_queries=args.eval_queries)
+    dcfg = DistillConfig(alpha=args.alpha, temperature=args.temperature, rank_weight=args.rank_weight, seq_level=not args.no_seq_level,
+                         negative_weight=args.negative_weight, hidden_weight=args.hidden_weight)
+    cfg = CompressConfig(student=student, distill=dcfg, train=train, recover=recover, int4_group_size=args.int4_group_size,
+                         groups=args.groups, prune_step=args.prune_step, protect_top=args.protect_top)
+    variants, report = compress(teacher, data, names, cfg, out_dir=args.out)
+    t = report["teacher"]
+    print(f"teacher: {t['params']:,} params, {t['bytes'] / 1e6:.2f} MB")
+    for name, r in report["variants"].items():
+        bv = r["best_valid"]
+        print(f"{name:>10}: {r['params']:>10,} params  {r['bytes'] / 1e6:7.2f} MB  ({r['bytes'] / t['bytes']:.3f} of the teacher)"
+              + (f"  best valid {bv:.4f}" if isinstance(bv, float) else ""))
+    print(f"wrote {args.out}/<variant> checkpoints and {args.out}/report.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-gr", description="On-device generative retrieval and recommendation (cloud-side tools).")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -228,6 +302,37 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--beam", type=int, default=50)
     sp.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")
     sp.set_defaults(fn=cmd_search)
+
+    from .compress.variants import VARIANTS
+
+    sp = sub.add_parser("compress", help="distil, quantize, prune and group a teacher into named device variants + a report")
+    sp.add_argument("--teacher", required=True, help="checkpoint folder of the teacher (edge-gr train)")
+    sp.add_argument("--data", default=None, help="the teacher's data: ml-1m / ml-100k / bible-demo / bible-full or a JSONL folder "
+                                                 "(rec default: the checkpoint's data set)")
+    sp.add_argument("--out", required=True, help="folder for the variant checkpoints and report.json")
+    sp.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
+    sp.add_argument("--student", default="128x2", help="student WIDTHxLAYERS distilled first (default 128x2); none = compress the teacher")
+    sp.add_argument("--student-max-len", type=int, default=None, help="rec: history length of the student (default: the teacher's)")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--epochs", type=int, default=30)
+    sp.add_argument("--minutes", type=float, default=None, help="wall-clock budget of the student's distillation")
+    sp.add_argument("--recover-epochs", type=int, default=3, help="epochs of recovery distillation per pruning step / for grouped")
+    sp.add_argument("--recover-minutes", type=float, default=None)
+    sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--lr", type=float, default=2e-3)
+    sp.add_argument("--patience", type=int, default=5)
+    sp.add_argument("--eval-queries", type=int, default=1000)
+    sp.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label CE (1-alpha on the teacher's soft labels)")
+    sp.add_argument("--temperature", type=float, default=2.0)
+    sp.add_argument("--rank-weight", type=float, default=0.5)
+    sp.add_argument("--negative-weight", type=float, default=0.5)
+    sp.add_argument("--hidden-weight", type=float, default=0.0)
+    sp.add_argument("--no-seq-level", action="store_true", help="no sequence-level KD on the teacher's top beam")
+    sp.add_argument("--int4-group-size", type=int, default=64)
+    sp.add_argument("--groups", type=int, default=4)
+    sp.add_argument("--prune-step", type=float, default=0.1)
+    sp.add_argument("--protect-top", type=int, default=0, help="leave the N most sensitive units unpruned")
+    sp.set_defaults(fn=cmd_compress)
     return p
 
 

@@ -54,6 +54,10 @@ class GRConfig:
     # Per-layer sizes after structured pruning (None = uniform): "enc.0.attn" / "dec.0.self_attn" /
     # "dec.0.cross_attn" -> [n_heads, head_size], "enc.0.ffn" / "dec.0.ffn" -> hidden width.
     layer_shapes: dict | None = None
+    # Compressed variants (issue #3), rebuilt on load: grouped FFNs {"pattern", "groups", "shuffle"};
+    # quantization rules [[glob, {"precision": "int8" | "int4" | "fp16"[, "group_size": g]}], ...].
+    grouped: dict | None = None
+    quant: list | None = None
 
     def attn_shape(self, name: str) -> tuple[int, int]:
         """(heads, head size) of the attention module ``name`` (e.g. ``"dec.0.cross_attn"``)."""
@@ -172,6 +176,13 @@ class GenerativeRetriever(nn.Module):
         self.head = nn.Linear(c.d_model, V)
         self.drop = nn.Dropout(c.dropout)
         self.apply(self._init)
+        if c.grouped or c.quant:  # lazy: server.compress imports this module
+            from .compress import recipe_from_rules, replace_linear_, quantize_
+
+            if c.grouped:
+                replace_linear_(self, c.grouped["pattern"], int(c.grouped["groups"]), shuffle=bool(c.grouped.get("shuffle", True)))
+            if c.quant:
+                quantize_(self, recipe_from_rules(c.quant))
 
     @staticmethod
     def _init(m):

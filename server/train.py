@@ -36,7 +36,7 @@ from .metrics import rank_metrics
 from .model import GenerativeRetriever, GRConfig
 from .text import encode, train_tokenizer
 
-__all__ = ["TrainConfig", "train_rec", "train_retrieval", "rec_windows", "seed_everything"]
+__all__ = ["TrainConfig", "train_rec", "train_retrieval", "rec_windows", "retrieval_batches", "seed_everything"]
 
 
 @dataclass
@@ -198,30 +198,7 @@ def train_retrieval(data: RetrievalData, ids: SemanticIds, mcfg: GRConfig, cfg: 
     mcfg.task, mcfg.levels, mcfg.vocab_size = "retrieval", ids.levels, tok.get_vocab_size()
     model = GenerativeRetriever(mcfg)
     gm = GenerativeModel(model, ids, data.docs, tokenizer=tok)
-    # Fixed examples (encoded once): train queries + full doc texts. Targets: the first relevant doc.
-    fixed_text = [q.text for q in data.train] + [d.text for d in data.docs]
-    fixed_tgt = [ids.index(sorted(q.relevant)[0]) for q in data.train] + list(range(len(data.docs)))
-    fixed_src = encode(tok, fixed_text, mcfg.max_len)
-    doc_words = [d.text.split() for d in data.docs]
-    doc_rows = [ids.index(d.id) for d in data.docs]
-
-    def make_batches(epoch: int) -> list:
-        rng = np.random.default_rng(cfg.seed * 1000 + max(epoch, 0))
-        win_text = [_windows(doc_words[i], rng, *window_range) for _ in range(index_windows) for i in range(len(doc_words))]
-        win_src = encode(tok, win_text, mcfg.max_len) if epoch >= 0 else np.zeros((len(win_text), 1), dtype=np.int64)
-        width = max(fixed_src.shape[1], win_src.shape[1])
-        src = np.zeros((len(fixed_src) + len(win_src), width), dtype=np.int64)
-        src[: len(fixed_src), : fixed_src.shape[1]] = fixed_src
-        src[len(fixed_src):, : win_src.shape[1]] = win_src
-        tgt = ids.codes[np.array(fixed_tgt + doc_rows * index_windows)]
-        order = rng.permutation(len(src))
-        out = []
-        for s in range(0, len(order), cfg.batch_size):
-            b = order[s:s + cfg.batch_size]
-            w = max(1, int((src[b] != 0).sum(1).max()))
-            out.append((torch.from_numpy(src[b, :w]), torch.from_numpy(tgt[b])))
-        return out
-
+    make_batches = retrieval_batches(tok, ids, data, mcfg.max_len, cfg.batch_size, cfg.seed, index_windows, window_range)
     valid = data.valid[: cfg.eval_queries] if cfg.eval_queries else []
 
     def evaluate() -> float:
@@ -231,3 +208,34 @@ def train_retrieval(data: RetrievalData, ids: SemanticIds, mcfg: GRConfig, cfg: 
     _, log = _fit(model, make_batches, evaluate if valid else None, cfg, "retrieval")
     gm.meta = {"train": asdict(cfg), "vocab_size": tok.get_vocab_size(), "log": log}
     return gm, log
+
+
+def retrieval_batches(tok, ids: SemanticIds, data: RetrievalData, max_len: int, batch_size: int, seed: int,
+                      index_windows: int = 2, window_range: tuple[int, int] = (4, 10)) -> Callable[[int], list]:
+    """``make_batches(epoch)`` for the retrieval task: train queries + full doc texts (encoded once)
+    plus ``index_windows`` fresh random windows of each doc per epoch, all -> the doc's ID codes.
+    Batches are ``(src (B, S) tokens, codes (B, L))``; ``epoch < 0`` only sizes the epoch."""
+    fixed_text = [q.text for q in data.train] + [d.text for d in data.docs]
+    fixed_tgt = [ids.index(sorted(q.relevant)[0]) for q in data.train] + [ids.index(d.id) for d in data.docs]
+    fixed_src = encode(tok, fixed_text, max_len)
+    doc_words = [d.text.split() for d in data.docs]
+    doc_rows = [ids.index(d.id) for d in data.docs]
+
+    def make_batches(epoch: int) -> list:
+        rng = np.random.default_rng(seed * 1000 + max(epoch, 0))
+        win_text = [_windows(doc_words[i], rng, *window_range) for _ in range(index_windows) for i in range(len(doc_words))]
+        win_src = encode(tok, win_text, max_len) if epoch >= 0 else np.zeros((len(win_text), 1), dtype=np.int64)
+        width = max(fixed_src.shape[1], win_src.shape[1])
+        src = np.zeros((len(fixed_src) + len(win_src), width), dtype=np.int64)
+        src[: len(fixed_src), : fixed_src.shape[1]] = fixed_src
+        src[len(fixed_src):, : win_src.shape[1]] = win_src
+        tgt = ids.codes[np.array(fixed_tgt + doc_rows * index_windows)]
+        order = rng.permutation(len(src))
+        out = []
+        for s in range(0, len(order), batch_size):
+            b = order[s:s + batch_size]
+            w = max(1, int((src[b] != 0).sum(1).max()))
+            out.append((torch.from_numpy(src[b, :w]), torch.from_numpy(tgt[b])))
+        return out
+
+    return make_batches

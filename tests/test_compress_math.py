@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from edge_gr.errors import EdgeGRError, InputError, QuantizationError
 from server.compress import (
-    FP16_MAX, Fp16Config, Fp16Embedding, Fp16Linear, GroupedLinear, Int4Config, Int8Config, MixedPrecisionRecipe,
+    FP16_MAX, Fp16Config, Fp16Embedding, Fp16Linear, GroupedLinear, QuantEmbedding, Int4Config, Int8Config, MixedPrecisionRecipe,
     QuantLinear, calibrate_activation_ranges, chapter_recipe, dequantize, dequantize_int4_groupwise, from_linear,
     kd_loss, listwise_rank_loss, model_nbytes, pack_int4, quantize_, quantize_int4_groupwise,
     quantize_int8_symmetric, replace_linear_, unpack_int4,
@@ -172,9 +172,27 @@ def test_quantize_errors_leave_the_model_untouched():
     with pytest.raises(QuantizationError, match="0: .*fp16 range"):
         quantize_(big, Fp16Config())
     assert quantize_(big, Int8Config())["modules"]["0"]["precision"] == "int8"  # int8 scales handle it
-    emb = nn.Sequential(nn.Embedding(5, 4))
-    assert "not supported" in quantize_(emb, Int8Config())["modules"]["0"]["note"]
+    emb = nn.Sequential(nn.Embedding(5, 48))
+    with pytest.raises(InputError, match="0: input size 48"):
+        quantize_(emb, Int4Config(group_size=32))
     assert isinstance(emb[0], nn.Embedding)
+
+
+@pytest.mark.parametrize("cfg", [Int8Config(), Int4Config(group_size=16)])
+def test_quant_embedding_error_bound_and_lookup(cfg):
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 32, padding_idx=0)
+    with torch.no_grad():
+        emb.weight[7] *= 1e4  # one extreme row must not hurt the others (per-row scales)
+    q = QuantEmbedding(emb, cfg)
+    idx = torch.arange(50)
+    w_hat = q(idx)
+    step = q.scales.repeat_interleave(32 // q.scales.shape[1], dim=1)
+    assert (w_hat - emb.weight).abs().le(step / 2 + 1e-6 * step).all()
+    assert torch.equal(q(torch.tensor([[0]])), torch.zeros(1, 1, 32))  # padding row stays zero
+    assert torch.equal(q(torch.tensor([[3, 9]]))[0], w_hat[[3, 9]])
+    per_weight = 1 if isinstance(cfg, Int8Config) else 0.5
+    assert q.nbytes() == int(50 * 32 * per_weight) + q.scales.numel() * 4
 
 
 # -- calibration ------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ def test_distilled_student_learns_the_pattern(teacher, student):
     assert gm.model.n_params() < t.model.n_params()
     assert gm.model.cfg.d_model == 16 and gm.ids is t.ids
     assert hit_rate(gm, split) > 0.6
-    assert gm.meta["n_beam_histories"] > 0 and gm.meta["log"]
+    assert gm.meta["n_beam_inputs"] > 0 and gm.meta["log"]
 
 
 def test_alpha_one_no_hidden_equals_plain_ce(teacher):
@@ -73,7 +73,7 @@ def test_alpha_one_no_hidden_equals_plain_ce(teacher):
 def test_rank_loss_decreases_after_distillation(teacher, student):
     t, split = teacher
     gm, cfg = student
-    hist, cand, scores = teacher_beams(t, [h for h in split.train.values()][:64], 5, 10)  # training histories (the rank term samples these)
+    hist, cand, scores = teacher_beams(t, [h[:-1] for h in split.train.values()][:64], 5, 10)  # the inputs the rank term samples
     assert cand.shape == (len(hist), 5, len(t.ids.levels)) and (scores[:, :-1] >= scores[:, 1:]).all()
     torch.manual_seed(0)
     fresh = GenerativeRetriever(gm.model.cfg, codes=torch.from_numpy(t.ids.codes)).eval()

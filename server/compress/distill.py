@@ -7,10 +7,11 @@
   ``softmax(student)`` over the teacher's top-k candidates, so the student keeps the teacher's
   ranking (for generative retrieval: the beam scores of the same candidate IDs).
 
-* :func:`distill` - trains a fresh (smaller) student recommender from a trained teacher on the
-  same history windows as ``train_rec``, through :class:`RecDistiller` (teacher + student in one
-  module whose ``forward`` returns the distillation loss, so ``server.train._fit`` runs it).
-  Implemented for the rec task only.
+* :func:`hard_negative_loss` - the true ID against the teacher's top beams that are not it.
+* :func:`distill` - trains a student (fresh and smaller, or a pruned / grouped copy being
+  recovered) from a trained teacher on the teacher's own batches (rec history windows or
+  retrieval queries + doc texts), through :class:`Distiller` (teacher + student in one module
+  whose ``forward`` returns the distillation loss, so ``server.train._fit`` runs it).
 
 Teacher tensors are detached: no gradient flows into the teacher.
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # server.train imports the data layer; keep this module light
     from server.model import GenerativeRetriever, GRConfig
     from server.train import TrainConfig
 
-__all__ = ["kd_loss", "listwise_rank_loss", "DistillConfig", "RecDistiller", "teacher_beams", "distill"]
+__all__ = ["kd_loss", "listwise_rank_loss", "hard_negative_loss", "DistillConfig", "Distiller", "RecDistiller", "teacher_beams", "distill"]
 
 
 def _check_common(alpha: float, temperature: float) -> None:
@@ -131,6 +132,8 @@ class DistillConfig:
     ``temperature``: softmax temperature of the soft term (and of the rank loss).
     ``rank_weight``: weight of :func:`listwise_rank_loss` on the teacher's beam candidates.
     ``hidden_weight``: weight of an MSE between (projected) student and teacher hidden states.
+    ``negative_weight``: weight of :func:`hard_negative_loss` - the true ID against the teacher's top
+    beams that are not it (teacher-mined hard negatives).
     ``seq_level``: sequence-level KD - also train the student on the teacher's top-1 beam ID (an
     extra hard target, next to the token-level loss on the data).
     ``rank_k`` / ``rank_samples`` / ``rank_batch``: the teacher's top-``rank_k`` beams are decoded
@@ -146,42 +149,56 @@ class DistillConfig:
     rank_weight: float = 0.0
     hidden_weight: float = 0.0
     seq_level: bool = False
+    negative_weight: float = 0.0
     rank_k: int = 10
     rank_samples: int = 512
     rank_batch: int = 32
 
     def __post_init__(self):
         _check_common(self.alpha, self.temperature)
-        if self.rank_weight < 0 or self.hidden_weight < 0:
-            raise InputError(f"rank_weight and hidden_weight must be >= 0, got {self.rank_weight}, {self.hidden_weight}")
+        if min(self.rank_weight, self.hidden_weight, self.negative_weight) < 0:
+            raise InputError(f"rank_weight, hidden_weight and negative_weight must be >= 0, got "
+                             f"{self.rank_weight}, {self.hidden_weight}, {self.negative_weight}")
         if self.rank_k < 1 or self.rank_samples < 1 or self.rank_batch < 1:
             raise InputError(f"rank_k, rank_samples and rank_batch must be >= 1, got {self.rank_k}, {self.rank_samples}, {self.rank_batch}")
 
     @property
     def uses_beams(self) -> bool:
         """Whether the teacher's beams are decoded (sequence-level or rank term on)."""
-        return self.seq_level or self.rank_weight > 0
+        return self.seq_level or self.rank_weight > 0 or self.negative_weight > 0
 
 
-def _rec_targets(model: "GenerativeRetriever", seq: torch.Tensor):
-    """(src, codes (B, S, L), decoder inputs, visible (S, S), weight (B, S)) as in ``rec_loss``."""
-    src, tgt = seq[:, :-1], seq[:, 1:]
-    codes = (model.item_codes[tgt] - model.offsets - 1).clamp_min(0)
-    S = src.shape[1]
-    visible = torch.ones(S, S, dtype=torch.bool, device=seq.device).tril()
-    weight = (tgt != 0) & (src != 0)
-    return src, codes, model.teacher_inputs(codes), visible, weight
+def _targets(model: "GenerativeRetriever", batch: tuple[torch.Tensor, ...]):
+    """(src, codes (B, T, L), decoder inputs (B, T, L), visible (T, S) | None, weight (B, T)) of a training batch.
+
+    rec ``(seq,)``: every history position predicts the next item (as ``rec_loss``);
+    retrieval ``(src, codes)``: one target per query (T = 1).
+    """
+    if model.cfg.task == "rec":
+        (seq,) = batch
+        src, tgt = seq[:, :-1], seq[:, 1:]
+        codes = (model.item_codes[tgt] - model.offsets - 1).clamp_min(0)
+        S = src.shape[1]
+        visible = torch.ones(S, S, dtype=torch.bool, device=seq.device).tril()
+        weight = (tgt != 0) & (src != 0)
+        return src, codes, model.teacher_inputs(codes), visible, weight
+    src, codes = batch
+    codes = codes[:, None]
+    return src, codes, model.teacher_inputs(codes), None, torch.ones(codes.shape[:2], dtype=torch.bool, device=src.device)
 
 
-class RecDistiller(nn.Module):
-    """Teacher + student; ``forward(seq[, hist, cand, scores])`` returns the distillation loss.
+class Distiller(nn.Module):
+    """Teacher + student; ``forward(*batch[, b_src, cand, scores, target])`` returns the distillation loss.
 
-    Per level ``j`` (logits sliced to level ``j``'s codes, as ``level_logprobs`` does)::
+    ``batch`` is the task's training batch (rec ``(seq,)``, retrieval ``(src, codes)``); the optional
+    tail is a sample of the teacher's beams (:func:`teacher_beams`). Per level ``j`` (logits sliced
+    to level ``j``'s codes, as ``level_logprobs`` does)::
 
         loss = mean_j kd_loss(student_j, teacher_j, codes_j, alpha, T)      # masked like rec_loss
              + hidden_weight * MSE(proj(student states), teacher states)    # final decoder states
-             + [seq_level] mean per-level CE of the student on the teacher's top-1 beam ID
+             + [seq_level] student NLL of the teacher's top-1 beam ID        # sequence-level KD
              + rank_weight * listwise_rank_loss(student seq log-probs of the k beam IDs, beam scores)
+             + negative_weight * CE(true ID vs the teacher's top beams that are not it)  # hard negatives
 
     The teacher is frozen, kept in eval mode and outside the module tree (so ``parameters()``,
     ``state_dict()`` and ``train()`` see only the student and the projection).
@@ -189,22 +206,25 @@ class RecDistiller(nn.Module):
 
     def __init__(self, teacher: "GenerativeRetriever", student: "GenerativeRetriever", cfg: DistillConfig):
         super().__init__()
-        if teacher.cfg.task != "rec" or student.cfg.task != "rec":
-            raise InputError("RecDistiller distills recommenders only", hint="both models need task='rec'")
-        if tuple(teacher.cfg.levels) != tuple(student.cfg.levels) or not torch.equal(teacher.item_codes, student.item_codes):
+        if teacher.cfg.task != student.cfg.task:
+            raise InputError(f"teacher is a {teacher.cfg.task} model, student a {student.cfg.task} model",
+                             hint="distill a student of the teacher's task")
+        if tuple(teacher.cfg.levels) != tuple(student.cfg.levels) or (
+                teacher.cfg.task == "rec" and not torch.equal(teacher.item_codes, student.item_codes)):
             raise InputError("teacher and student must share the semantic IDs", hint="build the student with codes=teacher ids")
         self.student, self.cfg = student, cfg
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
         dt, ds = teacher.cfg.d_model, student.cfg.d_model
         self.proj = nn.Linear(ds, dt) if (cfg.hidden_weight > 0 and ds != dt) else nn.Identity()
 
-    def forward(self, seq: torch.Tensor, hist: torch.Tensor | None = None, cand: torch.Tensor | None = None,
-                scores: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, *batch: torch.Tensor) -> torch.Tensor:
         c, s, t = self.cfg, self.student, self.teacher
         t.eval()
-        src, codes, inp, visible, weight = _rec_targets(s, seq)
+        n_main = 1 if s.cfg.task == "rec" else 2
+        main, beams = batch[:n_main], batch[n_main:]
+        src, codes, inp, visible, weight = _targets(s, main)
         mem, pad = s.encode(src)
-        hs = s.decode_hidden(mem, pad, inp, visible)  # (B, S, L, d_s)
+        hs = s.decode_hidden(mem, pad, inp, visible)  # (B, T, L, d_s)
         logits = s.head(hs)
         t_logits = t_hidden = None
         if c.alpha < 1 or c.hidden_weight > 0:
@@ -224,50 +244,113 @@ class RecDistiller(nn.Module):
             w = weight[..., None, None].float()
             se = (self.proj(hs) - t_hidden).pow(2) * w
             loss = loss + c.hidden_weight * se.sum() / (w.sum() * L * t_hidden.shape[-1]).clamp_min(1)
-        if hist is not None and c.uses_beams:
-            lp = self.candidate_logprobs(hist, cand)  # (N, k, L)
-            if c.seq_level:
-                loss = loss - lp[:, 0].mean()
-            if c.rank_weight > 0:
-                loss = loss + c.rank_weight * listwise_rank_loss(lp.sum(-1), scores, c.temperature)
+        if beams and c.uses_beams:
+            b_src, cand, scores, target = beams
+            loss = loss + self.beam_terms(b_src, cand, scores, target)
         return loss
 
-    def candidate_logprobs(self, hist: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        """Student per-level log-probs (N, k, L) of candidate IDs ``cand`` (N, k, L) after ``hist`` (N, S), teacher-forced."""
+    def beam_terms(self, b_src: torch.Tensor, cand: torch.Tensor, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Sequence-level, rank and hard-negative terms on teacher beams ``cand`` (N, k, L) for inputs ``b_src``."""
+        c = self.cfg
+        both = torch.cat([cand, target[:, None]], 1)  # score the true ID in the same pass
+        lp = self.candidate_logprobs(b_src, both)  # (N, k+1, L)
+        seq = lp.sum(-1)
+        loss = seq.new_zeros(())
+        if c.seq_level:
+            loss = loss - lp[:, 0].mean()
+        if c.rank_weight > 0:
+            loss = loss + c.rank_weight * listwise_rank_loss(seq[:, :-1], scores, c.temperature)
+        if c.negative_weight > 0:
+            loss = loss + c.negative_weight * hard_negative_loss(seq[:, -1], seq[:, :-1], (cand == target[:, None]).all(-1))
+        return loss
+
+    def candidate_logprobs(self, src: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """Student per-level log-probs (N, k, L) of candidate IDs ``cand`` (N, k, L) given inputs ``src`` (N, S), teacher-forced."""
         s = self.student
-        mem, pad = s.encode(hist)
+        mem, pad = s.encode(src)
         logits = s.decode(mem, pad, s.teacher_inputs(cand))  # (N, k, L, V)
         return torch.stack([s.level_logprobs(logits[..., j, :], j).gather(-1, cand[..., j:j + 1]).squeeze(-1)
                             for j in range(cand.shape[-1])], -1)
 
-    def rank_loss(self, hist: torch.Tensor, cand: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def rank_loss(self, src: torch.Tensor, cand: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """The listwise rank term alone (no weight): student sequence log-probs vs teacher beam scores."""
-        return listwise_rank_loss(self.candidate_logprobs(hist, cand).sum(-1), scores, self.cfg.temperature)
+        return listwise_rank_loss(self.candidate_logprobs(src, cand).sum(-1), scores, self.cfg.temperature)
 
 
-def teacher_beams(teacher: "GenerativeModel", histories: list[list[str]], k: int, beam: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The teacher's top-``k`` IDs for each history: (hist (N, max_len) item rows, codes (N, k, L), scores (N, k)).
+RecDistiller = Distiller  # the name of the first, rec-only version
 
-    Histories for which the beam returns fewer than ``k`` IDs (or none: popularity fallback) are dropped.
+
+def hard_negative_loss(pos: torch.Tensor, neg: torch.Tensor, is_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy of the true ID against teacher-mined hard negatives.
+
+    ``pos`` (N,) student scores of the true IDs, ``neg`` (N, k) scores of the teacher's top beams;
+    beams equal to the true ID (``is_pos`` (N, k) True) are not negatives.
+
+    >>> round(hard_negative_loss(torch.tensor([0.0]), torch.tensor([[0.0]])).item(), 4)   # log 2
+    0.6931
     """
-    ranked = teacher.rank(histories, k, beam=max(beam or k, k))
+    if is_pos is not None:
+        neg = neg.masked_fill(is_pos, float("-inf"))
+    logits = torch.cat([pos[:, None], neg], 1)
+    return (torch.logsumexp(logits, 1) - pos).mean()
+
+
+def teacher_beams(teacher: "GenerativeModel", inputs: list, k: int, beam: int | None = None, targets: list[str] | None = None
+                  ) -> tuple[torch.Tensor, ...]:
+    """The teacher's top-``k`` IDs for each input (rec: a history of item ids; retrieval: a query text).
+
+    Returns ``(src (N, S) model inputs, codes (N, k, L), scores (N, k))`` and, with ``targets`` (the
+    true item / doc id of each input), ``target codes (N, L)`` as a fourth tensor. Inputs for which
+    the beam returns fewer than ``k`` IDs (or none: popularity fallback) are dropped.
+    """
+    from server.text import encode
+
+    if teacher.task == "rec":
+        ranked = teacher.rank(inputs, k, beam=max(beam or k, k))
+    else:
+        ranked = teacher.search_many(inputs, k, beam=max(beam or k, k))
     keep = [r for r, out in enumerate(ranked) if len(out) == k and not any(np.isnan(sc) for _, sc in out)]
-    hist = teacher._history_tensor([histories[r] for r in keep])
+    if teacher.task == "rec":
+        src = teacher._history_tensor([inputs[r] for r in keep])
+    else:
+        src = torch.from_numpy(encode(teacher.tokenizer, [inputs[r] for r in keep], teacher.model.cfg.max_len))
     rows = np.array([[teacher.ids.index(i) for i, _ in ranked[r]] for r in keep], dtype=np.int64).reshape(-1, k)
     codes = torch.from_numpy(teacher.ids.codes[rows].astype(np.int64))
     scores = torch.tensor([[sc for _, sc in ranked[r]] for r in keep], dtype=torch.float32).reshape(-1, k)
-    return hist, codes, scores
+    if targets is None:
+        return src, codes, scores
+    tgt = torch.from_numpy(teacher.ids.codes[[teacher.ids.index(targets[r]) for r in keep]].astype(np.int64)).reshape(-1, codes.shape[-1])
+    return src, codes, scores, tgt
 
 
-def distill(teacher: "GenerativeModel", student_cfg: "GRConfig", split: "RecSplit", cfg: DistillConfig,
-            train_cfg: "TrainConfig") -> "GenerativeModel":
-    """Train a fresh student recommender (``student_cfg``: any width / depth) from ``teacher``.
+def _attach_beams(make_batches, beams, cfg: DistillConfig, seed: int):
+    """Append ``rank_batch`` rows of the teacher's beams to every batch of ``make_batches``."""
+    if beams is None:
+        return make_batches
 
-    Same semantic IDs, windows, optimiser, schedule, validation (NDCG@10 on ``valid_target``) and
-    early stopping as ``train_rec``; the loss is :class:`RecDistiller`'s. Returns the student as a
-    :class:`GenerativeModel` (teacher's catalogue and popularity fallback); ``meta["log"]`` holds
-    the per-epoch log.
+    def with_beams(epoch: int) -> list:
+        out = make_batches(epoch)
+        order = np.random.default_rng(seed * 7919 + max(epoch, 0)).permutation(len(beams[0]))
+        n = len(order)
+        for i, b in enumerate(out):
+            sel = torch.from_numpy(order[[(i * cfg.rank_batch + j) % n for j in range(min(cfg.rank_batch, n))]])
+            out[i] = b + tuple(x[sel] for x in beams)
+        return out
+
+    return with_beams
+
+
+def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever", data: "RecSplit | RetrievalData",
+            cfg: DistillConfig, train_cfg: "TrainConfig") -> "GenerativeModel":
+    """Train a student from ``teacher`` (either task) and return it as a :class:`GenerativeModel`.
+
+    ``student``: a :class:`GRConfig` (a fresh model of any width / depth is built with the teacher's
+    semantic IDs and tokenizer) or an existing :class:`GenerativeRetriever` to continue from (a
+    pruned or grouped copy of the teacher: recovery distillation). ``data``: the
+    :class:`RecSplit` (rec) or :class:`RetrievalData` (retrieval) the teacher was trained on.
+    Same batches, optimiser, schedule, validation (rec NDCG@10 on ``valid_target``, retrieval
+    Recall@10 on ``valid``) and early stopping as ``train_rec`` / ``train_retrieval``; the loss is
+    :class:`Distiller`'s. ``meta["log"]`` holds the per-epoch log.
 
     >>> gm = distill(teacher, GRConfig(d_model=128, n_enc_layers=2, n_dec_layers=2), split,
     ...              DistillConfig(alpha=0.5, rank_weight=0.5), TrainConfig(epochs=5))   # doctest: +SKIP
@@ -275,54 +358,76 @@ def distill(teacher: "GenerativeModel", student_cfg: "GRConfig", split: "RecSpli
     from server.generative import GenerativeModel
     from server.metrics import rank_metrics
     from server.model import GenerativeRetriever
-    from server.train import _fit, rec_windows, seed_everything
+    from server.train import _fit, rec_windows, retrieval_batches, seed_everything
 
-    if teacher.task != "rec":
-        raise InputError("distill() handles recommenders only", hint="pass a rec teacher (train_rec)")
+    task = teacher.task
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     seed_everything(train_cfg.seed)
     ids = teacher.ids
-    scfg = copy.deepcopy(student_cfg)
-    scfg.task, scfg.n_items, scfg.levels = "rec", len(ids), tuple(ids.levels)
-    student = GenerativeRetriever(scfg, codes=torch.from_numpy(ids.codes))
+    if isinstance(student, GenerativeRetriever):
+        model = student
+        if model.cfg.task != task:
+            raise InputError(f"student is a {model.cfg.task} model, teacher a {task} model", hint="pass a student of the teacher's task")
+    else:
+        scfg = copy.deepcopy(student)
+        scfg.task, scfg.levels = task, tuple(ids.levels)
+        if task == "rec":
+            scfg.n_items = len(ids)
+            model = GenerativeRetriever(scfg, codes=torch.from_numpy(ids.codes))
+        else:
+            scfg.vocab_size = teacher.tokenizer.get_vocab_size()
+            scfg.max_len = teacher.model.cfg.max_len
+            model = GenerativeRetriever(scfg)
+    scfg = model.cfg
     t_model = teacher.model.to(train_cfg.device)
-    net = RecDistiller(t_model, student, cfg)
-    row = {it: i + 1 for i, it in enumerate(ids.items)}
-    hist = [[row[i] for i in h if i in row] for h in split.train.values()]
-    windows = rec_windows(hist, scfg.max_len)
-    users = [u for u in split.train if split.train[u]]
+    net = Distiller(t_model, model, cfg)
+    rng = np.random.default_rng(train_cfg.seed + 1)
     beams = None
-    if cfg.uses_beams:
-        pick = np.random.default_rng(train_cfg.seed + 1).choice(len(users), min(cfg.rank_samples, len(users)), replace=False)
-        b_hist = [split.train[users[i]] for i in sorted(pick)]
-        beams = teacher_beams(teacher, b_hist, min(cfg.rank_k, len(ids)), max(train_cfg.beam, cfg.rank_k))
-        if len(beams[0]) == 0:
-            beams = None
-    # the teacher's history tensor uses its max_len; the student's encoder needs at most its own
-    if beams is not None:
-        beams = (beams[0][:, -scfg.max_len:],) + beams[1:]
+    if task == "rec":
+        row = {it: i + 1 for i, it in enumerate(ids.items)}
+        windows = rec_windows([[row[i] for i in h if i in row] for h in data.train.values()], scfg.max_len)
 
-    def make_batches(epoch: int) -> list:
-        order = np.random.default_rng(train_cfg.seed + max(epoch, 0)).permutation(len(windows))
-        out = [(torch.from_numpy(windows[order[s:s + train_cfg.batch_size]]),) for s in range(0, len(order), train_cfg.batch_size)]
-        if beams is not None:
-            border = np.random.default_rng(train_cfg.seed * 7919 + max(epoch, 0)).permutation(len(beams[0]))
-            n = len(border)
-            for i, b in enumerate(out):
-                sel = torch.from_numpy(border[[(i * cfg.rank_batch + j) % n for j in range(min(cfg.rank_batch, n))]])
-                out[i] = b + tuple(x[sel] for x in beams)
-        return out
+        def make_batches(epoch: int) -> list:
+            order = np.random.default_rng(train_cfg.seed + max(epoch, 0)).permutation(len(windows))
+            return [(torch.from_numpy(windows[order[s:s + train_cfg.batch_size]]),) for s in range(0, len(order), train_cfg.batch_size)]
 
-    gm = GenerativeModel(student, ids, teacher.items, popularity=list(teacher.popularity))
-    eval_users = sorted(np.random.default_rng(train_cfg.seed).choice(users, min(train_cfg.eval_queries, len(users)), replace=False).tolist()) if train_cfg.eval_queries else []
+        users = [u for u in data.train if len(data.train[u]) >= 2]
+        if cfg.uses_beams and users:
+            pick = sorted(rng.choice(len(users), min(cfg.rank_samples, len(users)), replace=False))
+            # history minus its last item -> the teacher's beams; the last item is the true next item
+            beams = teacher_beams(teacher, [data.train[users[i]][:-1] for i in pick], min(cfg.rank_k, len(ids)),
+                                  max(train_cfg.beam, cfg.rank_k), targets=[data.train[users[i]][-1] for i in pick])
+            beams = (beams[0][:, -scfg.max_len:],) + beams[1:]  # the student's encoder needs at most its own max_len
+        n_examples = len(windows)
+        pool = [u for u in data.train if data.train[u]]
+        eval_users = sorted(np.random.default_rng(train_cfg.seed).choice(
+            pool, min(train_cfg.eval_queries, len(pool)), replace=False).tolist()) if train_cfg.eval_queries else []
 
-    def evaluate() -> float:
-        ranked = gm.rank([split.train[u] for u in eval_users], 10, beam=train_cfg.beam)
-        return rank_metrics([[i for i, _ in r] for r in ranked], [{split.valid_target[u]} for u in eval_users])["ndcg@10"]
+        def evaluate() -> float:
+            ranked = gm.rank([data.train[u] for u in eval_users], 10, beam=train_cfg.beam)
+            return rank_metrics([[i for i, _ in r] for r in ranked], [{data.valid_target[u]} for u in eval_users])["ndcg@10"]
+        has_eval = bool(eval_users)
+    else:
+        make_batches = retrieval_batches(teacher.tokenizer, ids, data, scfg.max_len, train_cfg.batch_size, train_cfg.seed)
+        n_examples = len(data.train) + len(data.docs)
+        if cfg.uses_beams and data.train:
+            pick = sorted(rng.choice(len(data.train), min(cfg.rank_samples, len(data.train)), replace=False))
+            qs = [data.train[i] for i in pick]
+            beams = teacher_beams(teacher, [q.text for q in qs], min(cfg.rank_k, len(ids)), max(train_cfg.beam, cfg.rank_k),
+                                  targets=[sorted(q.relevant)[0] for q in qs])
+        valid = data.valid[: train_cfg.eval_queries] if train_cfg.eval_queries else []
 
-    _, log = _fit(net, make_batches, evaluate if eval_users else None, train_cfg, "distill")
-    gm.model = student.eval()
+        def evaluate() -> float:
+            ranked = gm.search_many([q.text for q in valid], 10, beam=train_cfg.beam)
+            return rank_metrics([[i for i, _ in r] for r in ranked], [q.relevant for q in valid])["recall@10"]
+        has_eval = bool(valid)
+    if beams is not None and len(beams[0]) == 0:
+        beams = None
+
+    gm = GenerativeModel(model, ids, teacher.items, tokenizer=teacher.tokenizer, popularity=list(teacher.popularity))
+    _, log = _fit(net, _attach_beams(make_batches, beams, cfg, train_cfg.seed), evaluate if has_eval else None, train_cfg, "distill")
+    gm.model = model.eval()
     gm.meta = {"train": asdict(train_cfg), "distill": asdict(cfg), "teacher_params": t_model.n_params(),
-               "n_windows": int(len(windows)), "n_beam_histories": 0 if beams is None else int(len(beams[0])), "log": log}
+               "n_examples": int(n_examples), "n_beam_inputs": 0 if beams is None else int(len(beams[0])), "log": log}
     return gm

@@ -52,12 +52,15 @@ __all__ = [
     "QuantLinear",
     "Fp16Linear",
     "Fp16Embedding",
+    "QuantEmbedding",
     "Int8Config",
     "Int4Config",
     "Fp16Config",
     "QuantConfig",
     "MixedPrecisionRecipe",
     "chapter_recipe",
+    "recipe_to_rules",
+    "recipe_from_rules",
     "quantize_",
     "model_nbytes",
     "calibrate_activation_ranges",
@@ -194,14 +197,15 @@ def unpack_int4(packed: torch.Tensor, numel: int) -> torch.Tensor:
 # -- configs and recipes --------------------------------------------------------------------
 @dataclass(frozen=True)
 class Int8Config:
-    """Per-output-channel symmetric int8 weights (``nn.Linear`` only; activations stay float)."""
+    """Per-output-channel symmetric int8 weights (``nn.Linear``; per row for ``nn.Embedding``); activations stay float."""
 
     precision: ClassVar[str] = "int8"
 
 
 @dataclass(frozen=True)
 class Int4Config:
-    """Group-wise symmetric int4 weights (``nn.Linear`` only); ``group_size`` must divide ``in_features``."""
+    """Group-wise symmetric int4 weights (``nn.Linear``; ``nn.Embedding`` rows); ``group_size`` must divide
+    ``in_features`` (the embedding dim)."""
 
     group_size: int = 32
     precision: ClassVar[str] = "int4"
@@ -258,6 +262,29 @@ def chapter_recipe(default: Int8Config | Int4Config | None = None) -> MixedPreci
     """
     rest = default or Int8Config()
     return MixedPrecisionRecipe([("*_in", Fp16Config()), ("*attn*", Int8Config()), ("head", Fp16Config()), ("*", rest)])
+
+
+def recipe_to_rules(config: "QuantConfig | MixedPrecisionRecipe") -> list:
+    """A JSON-able form of a config or recipe (stored in ``GRConfig.quant`` so checkpoints reload).
+
+    >>> recipe_to_rules(chapter_recipe(Int4Config(group_size=64)))[-1]
+    ['*', {'precision': 'int4', 'group_size': 64}]
+    """
+    recipe = config if isinstance(config, MixedPrecisionRecipe) else MixedPrecisionRecipe([("*", config)])
+    out = []
+    for pattern, cfg in recipe.rules:
+        spec = None if cfg is None else {"precision": cfg.precision, **({"group_size": cfg.group_size} if isinstance(cfg, Int4Config) else {})}
+        out.append([pattern, spec])
+    return out
+
+
+def recipe_from_rules(rules: list) -> MixedPrecisionRecipe:
+    """Inverse of :func:`recipe_to_rules`."""
+    make = {"int8": lambda d: Int8Config(), "fp16": lambda d: Fp16Config(), "int4": lambda d: Int4Config(group_size=int(d.get("group_size", 32)))}
+    try:
+        return MixedPrecisionRecipe([(str(p), None if d is None else make[d["precision"]](d)) for p, d in rules])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"bad quantization rules {rules!r} ({e})", hint="rules look like [['*', {'precision': 'int8'}]]") from None
 
 
 # -- modules --------------------------------------------------------------------------------
@@ -373,7 +400,51 @@ class Fp16Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
 
 
-_COMPRESSED = (QuantLinear, Fp16Linear, Fp16Embedding)
+class QuantEmbedding(nn.Module):
+    """Weight-only quantized ``nn.Embedding``: every row quantized like a Linear's output channel
+    (int8 per row, or int4 per group of ``group_size`` dims of a row); looked-up rows are
+    dequantized on the fly, so the table never exists in float.
+
+    Our own module: torchao's quantized embedding does not lower to ExecuTorch here (no
+    ``dequantize_affine`` out variant, see ENVIRONMENT.md), and the device runtime only needs the
+    int8 table and its scales.
+
+    >>> e = QuantEmbedding(nn.Embedding(10, 64, padding_idx=0), Int8Config())
+    >>> e(torch.tensor([[0, 3]])).shape, e.nbytes()   # 640 int8 + 10 fp32 scales
+    (torch.Size([1, 2, 64]), 680)
+    """
+
+    def __init__(self, emb: nn.Embedding, config: Int8Config | Int4Config | None = None):
+        super().__init__()
+        config = config or Int8Config()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = emb.num_embeddings, emb.embedding_dim, emb.padding_idx
+        self.out_dtype = emb.weight.dtype
+        self.bits = 8 if isinstance(config, Int8Config) else 4
+        self.group_size = config.group_size if isinstance(config, Int4Config) else None
+        if self.bits == 8:
+            q, sc = quantize_int8_symmetric(emb.weight, axis=0)
+            sc = sc[:, None]
+        else:
+            q, sc = quantize_int4_groupwise(emb.weight, config.group_size)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", sc)  # (num, 1) int8 or (num, dim // group_size) int4
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        q, sc = self.qweight[idx].float(), self.scales[idx]
+        g = self.embedding_dim // sc.shape[-1]
+        out = (q.view(*q.shape[:-1], sc.shape[-1], g) * sc[..., None]).view(q.shape)
+        return out.to(self.out_dtype)
+
+    def nbytes(self) -> int:
+        n = self.qweight.numel()
+        return (n if self.bits == 8 else (n + 1) // 2) + _tensor_bytes(self.scales)
+
+    def extra_repr(self) -> str:
+        g = f", group_size={self.group_size}" if self.group_size else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}{g}, padding_idx={self.padding_idx}"
+
+
+_COMPRESSED = (QuantLinear, Fp16Linear, Fp16Embedding, QuantEmbedding)
 _LINEARS = (nn.Linear, QuantLinear, Fp16Linear)
 
 
@@ -417,13 +488,11 @@ def _convert(name: str, m: nn.Module, cfg: QuantConfig | None) -> tuple[nn.Modul
             new = Fp16Linear(m) if isinstance(m, nn.Linear) else Fp16Embedding(m)
         except QuantizationError as e:
             raise QuantizationError(f"{name}: {e.message}", hint=e.hint) from None
-    elif isinstance(m, nn.Linear):
+    else:
         try:
-            new = QuantLinear(m, cfg)
+            new = QuantLinear(m, cfg) if isinstance(m, nn.Linear) else QuantEmbedding(m, cfg)
         except (InputError, QuantizationError) as e:
             raise type(e)(f"{name}: {e.message}", hint=e.hint) from None
-    else:
-        entry["note"] = f"{cfg.precision} is not supported for {type(m).__name__}: kept"
     entry["precision"] = cfg.precision if new is not None else _precision_of(m)
     entry["bytes"] = model_nbytes(new) if new is not None else entry["bytes_before"]
     return new, entry
