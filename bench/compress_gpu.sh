@@ -28,6 +28,10 @@ if [ "$1" = 2 ]; then
   $PY -m server.cli compress $common --out "$OUT/abl-seq" --variants fp32 --rank-weight 0 --negative-weight 0 > "$OUT/abl-seq.log" 2>&1 &
   $PY -m server.cli compress $common --out "$OUT/abl-rank" --variants fp32 --negative-weight 0 > "$OUT/abl-rank.log" 2>&1 &
   $PY -m server.cli compress $common --out "$OUT/abl-hidden" --variants fp32 --hidden-weight 1.0 > "$OUT/abl-hidden.log" 2>&1 &
+  # the Bible student's pruned / grouped variants (stage 1 distilled the student; bible/fp32 is copied back in)
+  $PY -m server.cli compress --teacher .cache/bench_ckpts/retrieval-model --data $ST/bible --out "$OUT/bible" \
+    --base ${BIBLE_BASE:-/tmp/bible/fp32} --variants pruned-30,pruned-50,grouped --device cuda --batch-size 512 --lr 3e-3 \
+    --recover-epochs 2 --eval-queries 500 > "$OUT/bible2.log" 2>&1 &
   wait
 fi
 ls -R "$OUT" | head -50

@@ -245,7 +245,8 @@ def cmd_compress(args) -> None:
                          negative_weight=args.negative_weight, hidden_weight=args.hidden_weight)
     cfg = CompressConfig(student=student, distill=dcfg, train=train, recover=recover, int4_group_size=args.int4_group_size,
                          groups=args.groups, prune_step=args.prune_step, protect_top=args.protect_top)
-    variants, report = compress(teacher, data, names, cfg, out_dir=args.out)
+    base = GenerativeModel.load(args.base) if args.base else None
+    variants, report = compress(teacher, data, names, cfg, out_dir=args.out, base=base)
     t = report["teacher"]
     print(f"teacher: {t['params']:,} params, {t['bytes'] / 1e6:.2f} MB")
     for name, r in report["variants"].items():
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="folder for the variant checkpoints and report.json")
     sp.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
     sp.add_argument("--student", default="128x2", help="student WIDTHxLAYERS distilled first (default 128x2); none = compress the teacher")
+    sp.add_argument("--base", default=None, help="an already distilled student checkpoint to derive the variants from")
     sp.add_argument("--student-max-len", type=int, default=None, help="rec: history length of the student (default: the teacher's)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--epochs", type=int, default=30)

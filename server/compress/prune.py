@@ -114,21 +114,22 @@ def _importance(model: GenerativeRetriever, units: dict[str, nn.Module], calib_b
     for p in params:
         p.requires_grad_(True)
     acc = {n: torch.zeros(_n_groups(m)) for n, m in units.items()}
+    dev = next(model.parameters()).device
     try:
         for batch in calib_batches:
             model.zero_grad(set_to_none=True)
-            model(*batch).backward()
+            model(*[b.to(dev) for b in batch]).backward()
             for n, m in units.items():
                 G = _n_groups(m)
                 for lin, kind, size, stride in _groups(m):
                     s = (lin.weight * lin.weight.grad).abs().detach()
                     if kind == "col":
-                        acc[n] += s.sum(0).view(G, size).sum(1)
+                        acc[n] += s.sum(0).view(G, size).sum(1).cpu()
                         continue
                     rows = s.sum(1) + (lin.bias * lin.bias.grad).abs().detach()
                     if stride:
                         rows = rows.view(2, G, size).sum(0)
-                    acc[n] += rows.reshape(G, size).sum(1)
+                    acc[n] += rows.reshape(G, size).sum(1).cpu()
     finally:
         model.zero_grad(set_to_none=True)
         for p, r in zip(params, saved):
@@ -201,7 +202,8 @@ def prune_(model: GenerativeRetriever, cfg: PruneConfig, calib_batches: list[tup
 def _calib_loss(model: GenerativeRetriever, calib_batches: list[tuple[torch.Tensor, ...]]) -> float:
     was = model.training
     model.eval()
-    out = sum(float(model(*b)) for b in calib_batches) / len(calib_batches)
+    dev = next(model.parameters()).device
+    out = sum(float(model(*[t.to(dev) for t in b])) for b in calib_batches) / len(calib_batches)
     model.train(was)
     return out
 

@@ -90,8 +90,10 @@ def _quant_config(name: str, cfg: CompressConfig):
 
 
 def compress(teacher: "GenerativeModel", data: "RecSplit | RetrievalData", names: list[str], cfg: CompressConfig, *,
-             out_dir: str | Path | None = None) -> tuple[dict[str, "GenerativeModel"], dict]:
+             out_dir: str | Path | None = None, base: "GenerativeModel | None" = None) -> tuple[dict[str, "GenerativeModel"], dict]:
     """Build the named variants (see the module docstring); save each under ``out_dir/<name>`` if given.
+
+    ``base``: an already distilled student to derive the variants from (skips the distillation).
 
     Returns ``(variants, report)``; the report has, per variant, params, bytes of weight storage
     and the training log summary, and is written to ``out_dir/report.json``.
@@ -103,10 +105,8 @@ def compress(teacher: "GenerativeModel", data: "RecSplit | RetrievalData", names
         raise InputError(f"unknown variants {bad}", hint=f"choose from {', '.join(VARIANTS)}")
     train = cfg.train or TrainConfig()
     recover = cfg.recover or TrainConfig(epochs=3, patience=3, lr=5e-4, warmup_steps=20, device=train.device)
-    if cfg.student is not None:
-        base = distill(teacher, cfg.student, data, cfg.distill, train)
-    else:
-        base = teacher
+    if base is None:
+        base = distill(teacher, cfg.student, data, cfg.distill, train) if cfg.student is not None else teacher
     base.model.cpu().eval()
     out_dir = Path(out_dir) if out_dir is not None else None
     variants: dict[str, GenerativeModel] = {}
