@@ -233,8 +233,8 @@ def cmd_compress(args) -> None:
     teacher = GenerativeModel.load(args.teacher, device=args.device or "cpu")
     data = _compress_data(teacher, args.data)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
-    student = _student(args.student)
-    if student is not None and teacher.task == "rec":
+    student = GenerativeModel.load(args.init).model if args.init else _student(args.student)
+    if student is not None and not args.init and teacher.task == "rec":
         student.max_len = min(teacher.model.cfg.max_len, args.student_max_len or teacher.model.cfg.max_len)
     dev = args.device or "cpu"
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, device=dev,
@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
     sp.add_argument("--student", default="128x2", help="student WIDTHxLAYERS distilled first (default 128x2); none = compress the teacher")
     sp.add_argument("--base", default=None, help="an already distilled student checkpoint to derive the variants from")
+    sp.add_argument("--init", default=None, help="continue distilling this saved student (instead of a fresh --student)")
     sp.add_argument("--student-max-len", type=int, default=None, help="rec: history length of the student (default: the teacher's)")
     sp.add_argument("--device", default=None)
     sp.add_argument("--epochs", type=int, default=30)

@@ -111,7 +111,7 @@ def compress(teacher: "GenerativeModel", data: "RecSplit | RetrievalData", names
     out_dir = Path(out_dir) if out_dir is not None else None
     variants: dict[str, GenerativeModel] = {}
     report: dict = {"teacher": {"params": teacher.model.n_params(), "bytes": weight_bytes(teacher)},
-                    "config": {"student": None if cfg.student is None else cfg.student.to_dict(), "distill": asdict(cfg.distill),
+                    "config": {"student": None if cfg.student is None else getattr(cfg.student, "cfg", cfg.student).to_dict(), "distill": asdict(cfg.distill),
                                "train": asdict(train), "recover": asdict(recover), "int4_group_size": cfg.int4_group_size,
                                "groups": cfg.groups, "prune_step": cfg.prune_step, "protect_top": cfg.protect_top},
                     "variants": {}}
