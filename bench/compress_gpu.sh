@@ -32,6 +32,10 @@ if [ "$1" = 2 ]; then
     --device cuda --epochs 80 --minutes 8 --patience 10 --batch-size 1024 --lr 2e-3 --eval-queries 500 > "$OUT/bible.log" 2>&1 &
   wait
   rm -rf /tmp/stage2 && cp -r "$OUT" /tmp/stage2
+  # the device tool returns at most 8 files of <= 16 MiB: pack
+  (cd /tmp/stage2 && tar cf "$OUT/ml.tar" ml && tar cf "$OUT/bible.tar" bible && tar cf "$OUT/abl.tar" abl-* *.log)
+  (cd /tmp && tar cf - ml-teacher | split -b 15M - "$OUT/teacher.tar.part-")
+  rm -rf "$OUT"/ml "$OUT"/bible "$OUT"/abl-* "$OUT"/*.log
 fi
 if [ "$1" = 3 ]; then
   v="--variants pruned-30,pruned-50,grouped --device cuda --recover-epochs 2"
@@ -39,5 +43,9 @@ if [ "$1" = 3 ]; then
   $PY -m server.cli compress --teacher $BT --data $ST/bible --base /tmp/stage2/bible/fp32 --out "$OUT/bible" $v \
     --batch-size 1024 --lr 2e-3 --eval-queries 500 > "$OUT/bible.log" 2>&1 &
   wait
+  rm -rf /tmp/stage3 && cp -r "$OUT" /tmp/stage3
+  (cd /tmp/stage3 && for d in ml/pruned-30 ml/pruned-50 ml/grouped bible/pruned-30 bible/pruned-50 bible/grouped; do
+     [ -d $d ] && tar cf "$OUT/$(echo $d | tr / _).tar" $d; done; tar cf "$OUT/logs.tar" *.log */report.json)
+  rm -rf "$OUT"/ml "$OUT"/bible "$OUT"/*.log
 fi
 ls -R "$OUT" | head -60
