@@ -210,7 +210,7 @@ class Distiller(nn.Module):
             raise InputError(f"teacher is a {teacher.cfg.task} model, student a {student.cfg.task} model",
                              hint="distill a student of the teacher's task")
         if tuple(teacher.cfg.levels) != tuple(student.cfg.levels) or (
-                teacher.cfg.task == "rec" and not torch.equal(teacher.item_codes, student.item_codes)):
+                teacher.cfg.task == "rec" and not torch.equal(teacher.item_codes.cpu(), student.item_codes.cpu())):
             raise InputError("teacher and student must share the semantic IDs", hint="build the student with codes=teacher ids")
         self.student, self.cfg = student, cfg
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
