@@ -60,3 +60,21 @@ if [ "$1" = 3 ]; then
   rm -rf "$OUT"/ml "$OUT"/bible "$OUT"/*.log
 fi
 ls -R "$OUT" | head -60
+# stage 4 (after the ablation showed the sequence-level term, at weight 1 on 512 fixed histories, overfits them):
+# the ML student with KD + light rank / hard-negative terms on 4,096 histories, and the ML *teacher* pruned / grouped
+# (recovered by distillation), evaluated here because the checkpoints are too large to bring back.
+if [ "$1" = 4 ]; then
+  mkdir -p /tmp/mlt && (cd /tmp/mlt && cat "$OLDPWD"/.cache/carry4/teacher.tar.part-* | tar xf -) && MT=/tmp/mlt/ml-teacher/rec-model
+  cp "$ST/ml-1m/ids.json" /dev/null 2>&1 || { mkdir -p $ST && cp -r .cache/carry4/ml-1m $ST/; }
+  $PY -m server.cli compress --teacher $MT --data $ST/ml-1m --device cuda --epochs 80 --patience 10 --eval-queries 1000 --variants fp32 \
+    --minutes 6 --out "$OUT/ml" > "$OUT/ml.log" 2>&1 &
+  for v in pruned-30,grouped pruned-50; do
+    $PY -m server.cli compress --teacher $MT --data $ST/ml-1m --device cuda --student none --variants $v \
+      --recover-epochs 2 --eval-queries 500 --lr 1e-3 --out /tmp/mlv-${v%%,*} > "$OUT/mlv-${v%%,*}.log" 2>&1 &
+  done
+  wait
+  mkdir -p /tmp/mlv && mv /tmp/mlv-*/* /tmp/mlv/ 2>/dev/null
+  $PY bench/eval_variants.py --device cuda --data $ST/ml-1m --out "$OUT/eval.json" $MT /tmp/mlv/pruned-30 /tmp/mlv/pruned-50 /tmp/mlv/grouped \
+    > "$OUT/eval.log" 2>&1
+  (cd "$OUT" && tar --exclude=items.jsonl -cf ml.tar ml && rm -rf ml)
+fi

@@ -241,8 +241,8 @@ def cmd_compress(args) -> None:
                         max_minutes=args.minutes, eval_queries=args.eval_queries)
     recover = TrainConfig(epochs=args.recover_epochs, batch_size=args.batch_size, lr=args.lr / 4, patience=args.recover_epochs,
                           warmup_steps=20, device=dev, max_minutes=args.recover_minutes, eval_queries=args.eval_queries)
-    dcfg = DistillConfig(alpha=args.alpha, temperature=args.temperature, rank_weight=args.rank_weight, seq_level=not args.no_seq_level,
-                         negative_weight=args.negative_weight, hidden_weight=args.hidden_weight)
+    dcfg = DistillConfig(alpha=args.alpha, temperature=args.temperature, rank_weight=args.rank_weight, seq_level=args.seq_level,
+                         negative_weight=args.negative_weight, hidden_weight=args.hidden_weight, rank_samples=args.rank_samples)
     cfg = CompressConfig(student=student, distill=dcfg, train=train, recover=recover, int4_group_size=args.int4_group_size,
                          groups=args.groups, prune_step=args.prune_step, protect_top=args.protect_top)
     base = GenerativeModel.load(args.base) if args.base else None
@@ -327,10 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval-queries", type=int, default=1000)
     sp.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label CE (1-alpha on the teacher's soft labels)")
     sp.add_argument("--temperature", type=float, default=2.0)
-    sp.add_argument("--rank-weight", type=float, default=0.5)
-    sp.add_argument("--negative-weight", type=float, default=0.5)
+    sp.add_argument("--rank-weight", type=float, default=0.1)
+    sp.add_argument("--negative-weight", type=float, default=0.1)
     sp.add_argument("--hidden-weight", type=float, default=0.0)
-    sp.add_argument("--no-seq-level", action="store_true", help="no sequence-level KD on the teacher's top beam")
+    sp.add_argument("--rank-samples", type=int, default=4096, help="inputs whose teacher beams feed the sequence / rank / negative terms")
+    sp.add_argument("--seq-level", action="store_true", help="add sequence-level KD on the teacher's top beam (hurt in the ablation)")
     sp.add_argument("--int4-group-size", type=int, default=64)
     sp.add_argument("--groups", type=int, default=4)
     sp.add_argument("--prune-step", type=float, default=0.1)
