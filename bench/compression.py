@@ -63,7 +63,7 @@ def _calib_ret(gm: GenerativeModel, data, n: int = 16, bs: int = 32):
 
 def variants(gm: GenerativeModel, calib) -> dict[str, GenerativeModel]:
     out = {"fp32": gm}
-    for name, cfg in [("fp16", Fp16Config()), ("int8", Int8Config()), ("int4", Int4Config(group_size=32)), ("mixed", chapter_recipe())]:
+    for name, cfg in [("fp16", Fp16Config()), ("int8", Int8Config()), ("int4", Int4Config(group_size=64)), ("mixed", chapter_recipe())]:
         v = copy.deepcopy(gm)
         quantize_(v.model, cfg)
         out[name] = v
@@ -100,10 +100,14 @@ def main() -> None:
     ap.add_argument("--stage-dir", default=str(STAGE))
     ap.add_argument("--bible-queries", type=int, default=3000, help="seeded subset of the WEB test queries")
     ap.add_argument("--tasks", default="rec,retrieval")
+    ap.add_argument("--bible-student", default=None, help="a distilled Bible student checkpoint: adds its fp32/fp16/int8/int4/mixed rows")
     args = ap.parse_args()
     ck, d = Path(args.ckpts), Path(args.stage_dir)
+    old = json.loads((RESULTS / "compression.json").read_text()) if (RESULTS / "compression.json").is_file() else {}
     res = {"machine": _machine(), "date": datetime.date.today().isoformat(),
-           "note": "post-training variants of the H200-trained teachers; no distillation / fine-tuning yet; eager fake-quant latency"}
+           "note": "post-training variants of the H200-trained teachers, and (student-*) of the distilled 2x128 student; "
+                   "eager fake-quant latency; data sets not in --tasks are kept from the previous run"}
+    res.update({k: v for k, v in old.items() if k in ("movielens-1m", "bible")})
     if "rec" in args.tasks:
         data = _load_ml(d)
         split = data.split()
@@ -115,7 +119,15 @@ def main() -> None:
         rng = np.random.default_rng(0)
         queries = [data.test[i] for i in sorted(rng.choice(len(data.test), min(args.bible_queries, len(data.test)), replace=False))]
         gm = GenerativeModel.load(ck / "retrieval-model")
-        rows = _table(variants(gm, _calib_ret(gm, data)), lambda name, v: evaluate_retrieval({name: _GenSearch(v, 20)}, queries)[name], "recall@10")
+        models = variants(gm, _calib_ret(gm, data))
+        if args.bible_student:
+            from server.compress.variants import quantized_variant
+
+            st = GenerativeModel.load(args.bible_student)
+            models["student-fp32"] = st
+            for name, cfg in [("fp16", Fp16Config()), ("int8", Int8Config()), ("int4", Int4Config(group_size=64)), ("mixed", chapter_recipe())]:
+                models[f"student-{name}"] = quantized_variant(st, cfg)
+        rows = _table(models, lambda name, v: evaluate_retrieval({name: _GenSearch(v, 20)}, queries)[name], "recall@10")
         res["bible"] = {"methods": rows, "protocol": f"seeded subset of {len(queries)} WEB test queries, full ranking"}
     write_json(RESULTS / "compression.json", res)
     plot(RESULTS / "compression.json")
