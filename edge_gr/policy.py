@@ -280,6 +280,11 @@ class VariantSwitcher:
             fn(old, d.variant)
         return self.current
 
+    def __getattr__(self, name):  # drop-in: variants, search_many ... come from the retriever
+        if name == "retriever":
+            raise AttributeError(name)
+        return getattr(self.retriever, name)
+
     def stats(self) -> dict:
         """Telemetry: current variant, number of switches and failed switches, the last error."""
         return {"variant": self.current, "switches": len(self.switches), "failed_switches": len(self.errors),

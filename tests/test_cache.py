@@ -184,3 +184,25 @@ def test_thread_safety_basic():
     assert s["entries"] <= 64 and s["bytes"] <= 64 * 1024 and e["bytes"] <= 32 * 1024
     assert s["bytes"] == sum(x.nbytes for x in c.store._d.values())   # the byte count stayed consistent
     assert all(emb.get(k)[0] == k for k in emb.store.keys())
+
+
+def test_mods_compose_cache_clears_on_a_variant_switch():
+    """cache -> switcher -> retriever: a switch empties the cache, so answers come from the new variant."""
+    from edge_gr.policy import DeviceState, VariantPolicy, VariantSwitcher
+
+    class R:
+        variants, variant = ["fp16", "int8", "int4"], "fp16"
+
+        def switch(self, v):
+            R.variant = v
+
+        def search(self, q, k=10):
+            return [(R.variant, 0.0)]
+
+    sw = VariantSwitcher(R(), VariantPolicy(R.variants))
+    cr = CachedRetriever(sw)
+    sw.on_switch.append(cr.clear)
+    assert cr.search("q") == [("fp16", 0.0)] and cr.search("q") == [("fp16", 0.0)]
+    sw.update(DeviceState(0.1))
+    assert cr.search("q") == [("int4", 0.0)] and cr.stats()["prediction"]["hits"] == 1
+    assert cr.variants == R.variants  # other attributes pass through to the wrapped retriever
