@@ -337,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prune-step", type=float, default=0.1)
     sp.add_argument("--protect-top", type=int, default=0, help="leave the N most sensitive units unpruned")
     sp.set_defaults(fn=cmd_compress)
+    from .serve import add_parser as add_serve_parser  # `edge-gr serve` lives in server/serve.py
+
+    add_serve_parser(sub)
     return p
 
 

@@ -1,0 +1,161 @@
+"""The cloud half of the hybrid path (DESIGN 14.5): a small HTTP service around a trained
+:class:`~server.generative.GenerativeModel`.
+
+    edge-gr serve --checkpoint .cache/edge_gr/demo/rec-model --host 127.0.0.1 --port 8000
+
+``GET /health`` -> ``{"status": "ok", "task", "model_version", "items"}``
+``POST /search`` ``{"query": "god so loved"}`` or ``{"history": ["1", "50"]}``, optional ``"k"``
+-> ``{"items": [{"item_id", "score", "title"}], "model_version", "task", "latency_ms"}``
+
+A malformed body is a 422 (pydantic says which field); a request the model cannot serve
+(empty query, text sent to a recommender ...) is a 400 ``{"detail", "hint"}`` from
+:class:`edge_gr.errors.InputError`. Scores are summed log-probabilities; the popularity
+fallback's ``nan`` scores travel as ``null``. The device side talks to it with
+:class:`edge_gr.hybrid.HybridClient` (standard library only).
+
+>>> from fastapi.testclient import TestClient                      # doctest: +SKIP
+>>> client = TestClient(create_app(server.load("ckpt/")))          # doctest: +SKIP
+>>> client.post("/search", json={"history": ["1", "50"], "k": 3}).json()["items"][0]   # doctest: +SKIP
+{'item_id': '181', 'score': -1.93, 'title': 'Return of the Jedi (1983)'}
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import threading
+import time
+from typing import Optional
+
+from edge_gr.errors import BackendUnavailableError, InputError
+
+try:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, Field, model_validator
+except ImportError as e:  # pragma: no cover - fastapi is a pinned dependency
+    _IMPORT_ERROR: ImportError | None = e
+    BaseModel = object  # type: ignore[assignment,misc]
+
+    def Field(*a, **kw):  # type: ignore[no-redef]
+        return None
+
+    def model_validator(*a, **kw):  # type: ignore[no-redef]
+        return lambda f: f
+else:
+    _IMPORT_ERROR = None
+
+__all__ = ["create_app", "model_version", "SearchRequest", "SearchResponse", "SearchHit", "Health", "add_parser", "cmd_serve"]
+
+MAX_K = 100
+
+
+class SearchRequest(BaseModel):
+    """Exactly one of ``query`` (retrieval model) or ``history`` (recommender, oldest first)."""
+
+    query: Optional[str] = Field(None, description="search text (retrieval model)", examples=["god so loved the world"])
+    history: Optional[list[str]] = Field(None, description="item ids, oldest first (recommender)", examples=[["1", "50", "181"]])
+    k: int = Field(10, ge=1, le=MAX_K, description="number of results")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.query is None) == (self.history is None):
+            raise ValueError("give exactly one of 'query' (text) or 'history' (list of item ids)")
+        return self
+
+
+class SearchHit(BaseModel):
+    item_id: str
+    score: Optional[float] = Field(None, description="summed log-probability; null for the popularity fallback")
+    title: str = ""
+
+
+class SearchResponse(BaseModel):
+    items: list[SearchHit]
+    model_version: str
+    task: str
+    latency_ms: float
+
+
+class Health(BaseModel):
+    status: str
+    task: str
+    model_version: str
+    items: int
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    hint: Optional[str] = None
+
+
+def model_version(model) -> str:
+    """``meta["model_version"]`` if the checkpoint has one, else ``task-`` + 12 hex of a sha256 of the weights."""
+    v = (model.meta or {}).get("model_version")
+    if v:
+        return str(v)
+    h = hashlib.sha256()
+    for name, t in sorted(model.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return f"{model.task}-{h.hexdigest()[:12]}"
+
+
+def create_app(model, *, version: str | None = None, beam: int = 50) -> "FastAPI":
+    """A FastAPI app serving ``model`` (a :class:`~server.generative.GenerativeModel`).
+
+    One request decodes at a time (a lock): the model is small and the beam search is
+    CPU-bound, so concurrency would only interleave the same cores.
+    """
+    if _IMPORT_ERROR is not None:
+        raise BackendUnavailableError("the cloud service needs fastapi and uvicorn",
+                                      hint="pip install 'fastapi==0.138.2' 'uvicorn==0.49.0'") from _IMPORT_ERROR
+    version = version or model_version(model)
+    titles = {it.id: (it.meta or {}).get("title") or it.text[:120] for it in model.items}
+    lock = threading.Lock()
+    app = FastAPI(title="edge-gr cloud search", version=version,
+                  description="Generative retrieval / recommendation: the cloud refinement path of edge-gr's hybrid mode.")
+
+    @app.exception_handler(InputError)
+    async def _bad_input(request, exc: InputError):
+        return JSONResponse(status_code=400, content={"detail": exc.message, "hint": exc.hint})
+
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", task=model.task, model_version=version, items=len(model.items))
+
+    @app.post("/search", response_model=SearchResponse, responses={400: {"model": ErrorBody, "description": "the model cannot serve this input"}})
+    def search(req: SearchRequest) -> SearchResponse:
+        q = req.query if req.query is not None else req.history
+        t0 = time.perf_counter()
+        with lock:
+            hits = model.search(q, req.k, beam=max(beam, req.k))
+        ms = (time.perf_counter() - t0) * 1000
+        items = [SearchHit(item_id=i, score=None if math.isnan(s) else s, title=titles.get(i, "")) for i, s in hits]
+        return SearchResponse(items=items, model_version=version, task=model.task, latency_ms=round(ms, 3))
+
+    return app
+
+
+# -- command line: registered by server/cli.py -----------------------------------------
+def add_parser(sub) -> None:
+    """Add ``edge-gr serve`` to the CLI's subparsers."""
+    sp = sub.add_parser("serve", help="serve a checkpoint over HTTP (the cloud half of the hybrid path)")
+    sp.add_argument("--checkpoint", required=True, help="checkpoint folder written by `edge-gr train`")
+    sp.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--beam", type=int, default=50, help="beam width of the decoding")
+    sp.add_argument("--model-version", default=None, help="version string to report (default: from the weights)")
+    sp.set_defaults(fn=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .api import load
+
+    app = create_app(load(args.checkpoint), version=args.model_version, beam=args.beam)
+    try:
+        import uvicorn
+    except ImportError as e:  # pragma: no cover
+        raise BackendUnavailableError("`edge-gr serve` needs uvicorn", hint="pip install 'uvicorn==0.49.0'") from e
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
