@@ -65,6 +65,7 @@ ls -R "$OUT" | head -60
 # (recovered by distillation), evaluated here because the checkpoints are too large to bring back.
 if [ "$1" = 4 ]; then
   mkdir -p /tmp/mlt && (cd /tmp/mlt && cat "$OLDPWD"/.cache/carry4/teacher.tar.part-* | tar xf -) && MT=/tmp/mlt/ml-teacher/rec-model
+  zcat .cache/carry4/ml-1m/items.jsonl.gz > $MT/items.jsonl  # the tar left the catalogue out (same file)
   cp "$ST/ml-1m/ids.json" /dev/null 2>&1 || { mkdir -p $ST && cp -r .cache/carry4/ml-1m $ST/; }
   $PY -m server.cli compress --teacher $MT --data $ST/ml-1m --device cuda --epochs 80 --patience 10 --eval-queries 1000 --variants fp32 \
     --minutes 6 --out "$OUT/ml" > "$OUT/ml.log" 2>&1 &
