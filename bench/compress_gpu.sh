@@ -79,3 +79,18 @@ if [ "$1" = 4 ]; then
     > "$OUT/eval.log" 2>&1
   (cd "$OUT" && tar --exclude=items.jsonl -cf ml.tar ml && rm -rf ml)
 fi
+# stage 5: the KD-only ML student given the whole call (the ablation's best distilled recipe), a diagnostic student
+# with the beam terms at 0.1, and pruned-30 of the ML teacher with 4 recovery epochs per 10% step (evaluated here).
+if [ "$1" = 5 ]; then
+  mkdir -p /tmp/mlt && (cd /tmp/mlt && cat "$OLDPWD"/.cache/carry4/teacher.tar.part-* | tar xf -) && MT=/tmp/mlt/ml-teacher/rec-model
+  zcat .cache/carry4/ml-1m/items.jsonl.gz > $MT/items.jsonl
+  [ -f "$ST/ml-1m/ids.json" ] || { mkdir -p $ST && cp -r .cache/carry4/ml-1m $ST/; }
+  common="--teacher $MT --data $ST/ml-1m --device cuda --epochs 80 --patience 10 --eval-queries 1000 --variants fp32 --minutes 7.5"
+  $PY -m server.cli compress $common --rank-weight 0 --negative-weight 0 --out "$OUT/ml-kd" > "$OUT/ml-kd.log" 2>&1 &
+  $PY -m server.cli compress $common --out /tmp/ml-beam > "$OUT/ml-beam.log" 2>&1 &
+  $PY -m server.cli compress --teacher $MT --data $ST/ml-1m --device cuda --student none --variants pruned-30 \
+      --recover-epochs 4 --eval-queries 500 --lr 1e-3 --out /tmp/mlp > "$OUT/mlp.log" 2>&1 &
+  wait
+  $PY bench/eval_variants.py --device cuda --data $ST/ml-1m --out "$OUT/eval.json" /tmp/mlp/pruned-30 $MT > "$OUT/eval.log" 2>&1
+  (cd "$OUT" && tar --exclude=items.jsonl -cf ml-kd.tar ml-kd && rm -rf ml-kd)
+fi
