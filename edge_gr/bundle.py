@@ -171,12 +171,12 @@ class BundleWriter:
         return self.tmp
 
     def add_file(self, role: str, rel: str, data: bytes | str | os.PathLike) -> FileEntry:
-        """Put a file (bytes, or a path to copy) at ``rel`` and list it under ``role``."""
+        """Put a file (bytes, or a path to copy; a path already at ``rel`` is kept) at ``rel`` and list it under ``role``."""
         dst = self.tmp / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(data, bytes):
             dst.write_bytes(data)
-        else:
+        elif Path(data).resolve() != dst.resolve():
             shutil.copyfile(data, dst)
         self.files[role] = e = _entry(self.tmp, rel)
         return e
