@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--beam", type=int, default=50)
     sp.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")
     sp.set_defaults(fn=cmd_search)
+
+    from .export.cli import add_parser as add_export
+
+    add_export(sub)
     return p
 
 
