@@ -194,11 +194,13 @@ class Retriever:
 
 def _open(variant: Variant, root: Path, threads: int | None, r: Retriever | None = None, manifest: BundleManifest | None = None) -> _Model:
     """Open a variant and run one tiny query through it, so a broken file fails here, not mid-request."""
-    model = _Model(variant, root, threads)
     rt = (manifest or r.manifest).runtime
     try:
+        model = _Model(variant, root, threads)
         enc = model.encode(np.ones((1, rt.max_len), dtype=np.int64))
         model.decode(np.zeros((1, 1, len(rt.levels)), dtype=np.int64), enc)
+    except (BackendUnavailableError, InputError):
+        raise
     except Exception as e:  # any runtime failure: report it as a bundle problem, keep the caller's state
         raise BundleError(f"variant {variant.name} ({variant.backend}) loads but does not run ({type(e).__name__}: {e})",
                           hint="re-export it, or choose another variant") from e
