@@ -19,7 +19,7 @@ from ._common import wrap
 
 __all__ = ["export_litert", "STATIC_BATCH", "STATIC_BEAM"]
 
-STATIC_BATCH, STATIC_BEAM = 1, 50
+STATIC_BATCH, STATIC_BEAM = 1, 20  # the runtime default beam
 
 
 def export_litert(model: GenerativeRetriever, out_dir: str | Path, precision: str = "fp32", *,
