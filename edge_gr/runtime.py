@@ -58,37 +58,42 @@ class _Model:
         self.session = _backends.open_session(variant.backend, files, threads=threads)
         self.static = dict(getattr(self.session, "static", {}) or variant.static or {})
 
+    def _limits(self) -> tuple[int | None, int | None, bool, bool]:
+        st = self.static
+        n, b = st.get("batch"), st.get("beam")  # fixed shapes (pad up to them)
+        return n or st.get("max_batch"), b or st.get("max_beam"), bool(n), bool(b)
+
     def encode(self, src: np.ndarray) -> list[np.ndarray]:
-        n = self.static.get("batch")
-        if not n or src.shape[0] == n:
+        n, _, fixed, _ = self._limits()
+        if not n or src.shape[0] == n or (not fixed and src.shape[0] < n):
             return self.session.encode(src)
         parts = []
-        for s in range(0, src.shape[0], n):  # run in chunks of the fixed batch, padding the last one
+        for s in range(0, src.shape[0], n):  # run in chunks of the batch limit, padding the last one if shapes are fixed
             chunk = src[s:s + n]
-            pad = n - chunk.shape[0]
+            pad = n - chunk.shape[0] if fixed else 0
             out = self.session.encode(np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk)
             parts.append([o[:chunk.shape[0]] for o in out])
         return [np.concatenate(p) for p in zip(*parts)]
 
     def decode(self, prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray:
-        n, b = self.static.get("batch"), self.static.get("beam")
+        n, b, fixed_n, fixed_b = self._limits()
         if not n and not b:
             return self.session.decode(prefix, enc)
         N, B, L = prefix.shape
         if b and B > b:
             raise InputError(f"variant {self.variant.name} was exported for at most {b} beams, got {B}",
-                             hint=f"pass beam <= {b} or use a variant with dynamic shapes")
-        if b and B < b:
+                             hint=f"pass beam <= {b} or use a variant without this limit")
+        if fixed_b and B < b:
             prefix = np.concatenate([prefix, np.zeros((N, b - B, L), prefix.dtype)], 1)
         n = n or N
         outs = []
         for s in range(0, N, n):
             p, e = prefix[s:s + n], [x[s:s + n] for x in enc]
-            pad = n - p.shape[0]
+            pad = n - p.shape[0] if fixed_n else 0
             if pad:
                 p = np.concatenate([p, np.repeat(p[:1], pad, 0)])
                 e = [np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in e]
-            outs.append(self.session.decode(p, e)[: n - pad])
+            outs.append(self.session.decode(p, e)[: p.shape[0] - pad])
         return np.concatenate(outs)[:, :B]
 
 

@@ -16,10 +16,13 @@ def io_names(model: GenerativeRetriever) -> tuple[list[str], list[str]]:
     return ["cross_mask", *kv], ["prefix", "cross_mask", *kv]
 
 
-def dynamic_shapes(model: GenerativeRetriever):
-    """torch.export dynamic shapes: batch N (encoder + decoder) and beams B (decoder)."""
-    N = torch.export.Dim("batch", min=1, max=1024)
-    B = torch.export.Dim("beam", min=1, max=512)
+def dynamic_shapes(model: GenerativeRetriever, max_batch: int = 1024, max_beam: int = 512):
+    """torch.export dynamic shapes: batch N (encoder + decoder) and beams B (decoder), with upper bounds.
+
+    ExecuTorch plans (preallocates) memory for the upper bounds, so keep them small there.
+    """
+    N = torch.export.Dim("batch", min=1, max=max_batch)
+    B = torch.export.Dim("beam", min=1, max=max_beam)
     n_kv = 2 * model.cfg.n_dec_layers
     enc = ({0: N},)
     dec = ({0: N, 1: B}, {0: N}, tuple({0: N} for _ in range(n_kv)))  # *kv is one varargs tuple

@@ -88,11 +88,15 @@ def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Seq
             name = f"{backend}-{precision}"
             rel = Path("variants") / name
             files = EXPORTERS[backend](model, w.root / rel, precision)
-            static = {}
+            static = {}  # shape limits the runtime must respect (fixed, or upper bounds)
             if backend == "litert":
                 from .litert import STATIC_BATCH, STATIC_BEAM
 
                 static = {"batch": STATIC_BATCH, "beam": STATIC_BEAM}
+            elif backend == "executorch":
+                from .executorch import MAX_BATCH, MAX_BEAM
+
+                static = {"max_batch": MAX_BATCH, "max_beam": MAX_BEAM}
             w.add_variant(name, backend, precision, {role: (rel / f).as_posix() for role, f in files.items()},
                           static=static, metrics=(metrics or {}).get(name, {}))
     if archive:

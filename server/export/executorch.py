@@ -5,7 +5,9 @@
 * int4: torchao ``Int8DynamicActivationIntxWeightConfig(int4, PerGroup(32))`` ("8da4w") on the Linear layers
   (embeddings stay fp32: a quantized ``nn.Embedding`` does not run in ExecuTorch 1.5)
 
-Batch N and beams B are dynamic in both methods.
+Batch N and beams B are dynamic in both methods, up to ``MAX_BATCH`` / ``MAX_BEAM``: ExecuTorch
+preallocates memory for the upper bounds (bounds of 1024 x 512 made the ML-1M model's
+planned buffers many GB and the process was killed), so the runtime runs bigger batches in chunks.
 
 >>> export_executorch(model, "out/variants/executorch-int8", "int8")     # doctest: +SKIP
 {'program': 'model.pte'}
@@ -21,7 +23,9 @@ import torch
 from ..model import GenerativeRetriever
 from ._common import dynamic_shapes, wrap
 
-__all__ = ["export_executorch"]
+__all__ = ["export_executorch", "MAX_BATCH", "MAX_BEAM"]
+
+MAX_BATCH, MAX_BEAM = 32, 64
 
 
 def _pt2e_int8(module: torch.nn.Module, args: tuple, dyn) -> torch.nn.Module:
@@ -52,7 +56,7 @@ def export_executorch(model: GenerativeRetriever, out_dir: str | Path, precision
         raise ValueError(f"executorch variants are fp32, int8 or int4, not {precision}")
     model = copy.deepcopy(model)
     enc, dec, ea, da = wrap(model)
-    es, ds = dynamic_shapes(model)
+    es, ds = dynamic_shapes(model, MAX_BATCH, MAX_BEAM)
     if precision == "int8":
         enc, dec = _pt2e_int8(enc, ea, es), _pt2e_int8(dec, da, ds)
         ds = (ds[0], ds[1], *ds[2])  # the pt2e graph module takes flat arguments
