@@ -79,7 +79,8 @@ def bundle(tmp_path_factory, rec_gm, ret_gm):
 
 VARIANTS = [pytest.param("onnxruntime", "fp32"), pytest.param("onnxruntime", "int8"), pytest.param("torch", "fp32"),
             pytest.param("executorch", "fp32", marks=slow), pytest.param("executorch", "int8", marks=slow),
-            pytest.param("executorch", "int4", marks=slow), pytest.param("litert", "fp32", marks=slow)]
+            pytest.param("executorch", "int4", marks=slow), pytest.param("litert", "fp32", marks=slow),
+            pytest.param("litert", "int8", marks=slow)]
 
 
 def test_export_modules_match_eager_decode(rec_gm, ret_gm):

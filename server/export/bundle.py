@@ -39,7 +39,8 @@ EXPORTERS: dict[str, Callable] = {
     "litert": _exporter("litert", "export_litert"),
 }
 DEFAULT_VARIANTS: list[tuple[str, str]] = [("executorch", "fp32"), ("executorch", "int8"), ("executorch", "int4"),
-                                           ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("litert", "fp32"), ("torch", "fp32")]
+                                           ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("litert", "fp32"), ("litert", "int8"),
+                                           ("torch", "fp32")]
 
 
 def parse_variants(spec: str) -> list[tuple[str, str]]:

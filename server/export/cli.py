@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--checkpoint", required=True, help="checkpoint folder written by `edge-gr train`")
     sp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
     sp.add_argument("--variants", type=_variants, default=None,
-                    help="comma-separated BACKEND:PRECISION (default: executorch fp32/int8/int4, onnxruntime fp32/int8, litert fp32, torch fp32)")
+                    help="comma-separated BACKEND:PRECISION (default: executorch fp32/int8/int4, onnxruntime fp32/int8, litert fp32/int8, torch fp32)")
     sp.add_argument("--model-version", default=None, help="version string stored in the manifest (default: export time)")
     sp.add_argument("--archive", action="store_true", help="also write OUT.tar, the single-file bundle")
     sp.set_defaults(fn=cmd_export)

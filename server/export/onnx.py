@@ -1,8 +1,10 @@
 """Stage: ONNX files for onnxruntime (fp32, and int8 by dynamic quantization).
 
-int8 uses ``onnxruntime.quantization.quantize_dynamic`` with ``reduce_range=True``: on
-CPUs without VNNI (this one) the default signed-int8 weights saturate and the outputs
-are badly wrong (see shared/ENVIRONMENT.md); 7-bit weights avoid that.
+int8 uses ``onnxruntime.quantization.quantize_dynamic`` with per-channel weights and
+``reduce_range=True``: on CPUs without VNNI (this one) the default signed-int8 weights
+saturate and the outputs are badly wrong (see shared/ENVIRONMENT.md); 7-bit weights avoid
+that. Per-channel scales raised the Bible model's overlap@10 with fp32 from 0.89 to 0.94
+(150 queries; QUInt8 weights: 0.94 too).
 
 >>> export_onnx(model, "out/variants/onnxruntime-int8", "int8")     # doctest: +SKIP
 {'encoder': 'encoder.onnx', 'decoder': 'decoder.onnx'}
@@ -44,5 +46,5 @@ def export_onnx(model: GenerativeRetriever, out_dir: str | Path, precision: str 
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             for name in ("encoder.onnx", "decoder.onnx"):
-                quantize_dynamic(stage / name, out_dir / name, weight_type=QuantType.QInt8, reduce_range=True)
+                quantize_dynamic(stage / name, out_dir / name, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
     return {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
