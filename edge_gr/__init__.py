@@ -12,7 +12,8 @@ Imports neither ``server`` nor ``device_sim``, and nothing here needs torch.
 from .decode import beam_search
 from .errors import BackendUnavailableError, BundleError, DataError, EdgeGRError, FormatError, InputError, QuantizationError
 from .ids import SemanticIds, Trie
+from .runtime import Hit, Retriever, load
 
-__all__ = ["SemanticIds", "Trie", "beam_search", "EdgeGRError", "DataError", "InputError", "FormatError",
+__all__ = ["load", "Retriever", "Hit", "SemanticIds", "Trie", "beam_search", "EdgeGRError", "DataError", "InputError", "FormatError",
            "BundleError", "BackendUnavailableError", "QuantizationError"]
 __version__ = "0.1.0"

@@ -340,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .serve import add_parser as add_serve_parser  # `edge-gr serve` lives in server/serve.py
 
     add_serve_parser(sub)
+    from .export.cli import add_parser as add_export
+
+    add_export(sub)
     return p
 
 

@@ -18,12 +18,10 @@ from typing import Iterable
 import numpy as np
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-from edge_gr.errors import InputError
+from edge_gr.errors import InputError  # noqa: F401  (re-exported for callers)
+from edge_gr.text import MAX_QUERY_CHARS, PAD, UNK, check_query, encode  # shared with the device runtime
 
-__all__ = ["train_tokenizer", "encode", "MAX_QUERY_CHARS"]
-
-PAD, UNK = "[PAD]", "[UNK]"
-MAX_QUERY_CHARS = 10_000  # longer queries are refused with a clear error (see encode)
+__all__ = ["train_tokenizer", "encode", "check_query", "MAX_QUERY_CHARS"]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> Tokenizer:
@@ -35,30 +33,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> Tokenizer:
     tok.no_padding()
     tok.no_truncation()
     return tok
-
-
-def check_query(text: object) -> str:
-    """Validate a query string; raise :class:`InputError` saying what to do."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError("the query is not valid UTF-8", hint="decode it to text (UTF-8) before searching") from None
-    if not isinstance(text, str):
-        raise InputError(f"a query must be text, got {type(text).__name__}", hint="pass a str")
-    if len(text) > MAX_QUERY_CHARS:
-        raise InputError(f"the query has {len(text):,} characters (limit {MAX_QUERY_CHARS:,})", hint="send a shorter query, e.g. its first sentence")
-    if not text.strip() or not any(ch.isalnum() for ch in text):
-        raise InputError("the query is empty (no letters or digits)", hint="type a few words of what you are looking for")
-    return text
-
-
-def encode(tok: Tokenizer, texts: list[str], max_len: int) -> np.ndarray:
-    """Right-padded token ids ``(len(texts), width)``, width <= max_len; 0 = pad."""
-    encs = tok.encode_batch(texts)
-    width = max(1, min(max_len, max((len(e.ids) for e in encs), default=1)))
-    out = np.zeros((len(texts), width), dtype=np.int64)
-    for i, e in enumerate(encs):
-        ids = e.ids[:width] or [tok.token_to_id(UNK)]
-        out[i, : len(ids)] = ids
-    return out

@@ -1,0 +1,89 @@
+"""Runtime backends, registered by name and imported lazily (only when a variant is loaded).
+
+Every backend module has ``open(files, *, threads=None) -> Session``; a session runs the
+two graphs of the bundle I/O ``enc-kv/dec-full-prefix/v1`` on numpy arrays:
+
+* ``encode(src (N, S) int64) -> [cross_mask, k_0, v_0, ...]``
+* ``decode(prefix (N, B, L) int64, enc_outputs) -> logits (N, B, L, V)``
+* ``static``: ``{}`` for dynamic shapes, else ``{"batch": n, "beam": b}`` the graphs were fixed to
+
+>>> sorted(BACKENDS)
+['executorch', 'litert', 'onnxruntime', 'torch']
+>>> AUTO_ORDER
+('executorch', 'onnxruntime', 'litert', 'torch')
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import BackendUnavailableError
+
+__all__ = ["BACKENDS", "AUTO_ORDER", "Session", "BackendInfo", "register", "available", "open_session"]
+
+
+class Session(Protocol):
+    static: dict
+
+    def encode(self, src: np.ndarray) -> list[np.ndarray]: ...
+
+    def decode(self, prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    module: str   # the edge_gr module with ``open(files, threads=...)``
+    package: str  # the import name of the runtime it needs
+    install: str  # what to run when it is missing
+
+
+BACKENDS: dict[str, BackendInfo] = {}
+AUTO_ORDER = ("executorch", "onnxruntime", "litert", "torch")
+
+
+def register(info: BackendInfo) -> None:
+    """Add (or replace) a backend under ``info.name``."""
+    BACKENDS[info.name] = info
+
+
+register(BackendInfo("executorch", "edge_gr.backends.executorch", "executorch", "pip install executorch==1.5.1"))
+register(BackendInfo("onnxruntime", "edge_gr.backends.onnxruntime", "onnxruntime", "pip install onnxruntime==1.32.0"))
+register(BackendInfo("litert", "edge_gr.backends.litert", "ai_edge_litert", "pip install ai-edge-litert==2.3.0"))
+register(BackendInfo("torch", "edge_gr.backends.torch", "torch", "pip install torch==2.13.0"))
+
+
+def _info(name: str) -> BackendInfo:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise BackendUnavailableError(f"unknown backend {name!r}", hint=f"use one of {sorted(BACKENDS)} or 'auto'") from None
+
+
+def available(name: str) -> bool:
+    """Whether the backend's runtime package is installed (checked without importing it)."""
+    try:
+        return importlib.util.find_spec(_info(name).package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing(name: str, err: Exception | None = None) -> BackendUnavailableError:
+    info = _info(name)
+    why = f" ({err})" if err else ""
+    return BackendUnavailableError(f"the {name} backend needs the `{info.package}` package, which is not installed{why}",
+                                   hint=f"`{info.install}`, or load the bundle with backend='auto' or another backend")
+
+
+def open_session(name: str, files: dict[str, Path], *, threads: int | None = None) -> Session:
+    """Import backend ``name`` and open its session on ``files`` (role -> path)."""
+    info = _info(name)
+    if not available(name):
+        raise missing(name)
+    return importlib.import_module(info.module).open(files, threads=threads)

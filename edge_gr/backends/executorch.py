@@ -1,0 +1,43 @@
+"""ExecuTorch backend: one ``.pte`` with methods ``encode`` and ``decode`` (XNNPACK), dynamic batch and beams.
+
+Note: ExecuTorch's *Python* runtime (``executorch.runtime``) imports torch and exchanges
+torch tensors; on a phone the C++/Java/Swift runtime runs the same ``.pte`` without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["open"]
+
+
+class EtSession:
+    static: dict = {}
+
+    def __init__(self, files: dict[str, Path], threads: int | None):
+        try:
+            import torch
+            from executorch.runtime import Runtime
+            import executorch.kernels.quantized  # noqa: F401  (registers the int8 dequantize out-variants)
+        except ImportError as e:
+            from . import missing
+
+            raise missing("executorch", e) from None
+        self._torch = torch
+        prog = Runtime.get().load_program(Path(files["program"]))
+        self.enc, self.dec = prog.load_method("encode"), prog.load_method("decode")
+
+    def _t(self, a: np.ndarray):
+        return self._torch.from_numpy(np.ascontiguousarray(a))
+
+    def encode(self, src: np.ndarray) -> list[np.ndarray]:
+        return [o.numpy() for o in self.enc.execute([self._t(src.astype(np.int64, copy=False))])]
+
+    def decode(self, prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray:
+        return self.dec.execute([self._t(prefix.astype(np.int64, copy=False)), *(self._t(e) for e in enc)])[0].numpy()
+
+
+def open(files: dict[str, Path], *, threads: int | None = None) -> EtSession:  # noqa: A001
+    return EtSession(files, threads)

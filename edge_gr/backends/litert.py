@@ -1,0 +1,44 @@
+"""LiteRT backend: one ``.tflite`` with signatures ``encode`` and ``decode`` (static batch x beam shapes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["open"]
+
+
+def _ordered(out: dict) -> list[np.ndarray]:
+    return [out[k] for k in sorted(out, key=lambda s: int(s.rsplit("_", 1)[1]))]  # output_0, output_1, ...
+
+
+class LiteRtSession:
+    def __init__(self, files: dict[str, Path], threads: int | None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            from . import missing
+
+            raise missing("litert", e) from None
+        self.it = Interpreter(model_path=str(files["program"]), num_threads=threads or None)
+        self.enc, self.dec = self.it.get_signature_runner("encode"), self.it.get_signature_runner("decode")
+        self.enc_in = self.enc.get_input_details()
+        self.dec_in = self.dec.get_input_details()
+        names = sorted(self.dec_in, key=lambda s: int(s.rsplit("_", 1)[1]))
+        self.dec_names = names
+        shape = self.dec_in[names[0]]["shape"]  # prefix (N, B, L)
+        self.static = {"batch": int(shape[0]), "beam": int(shape[1])}
+
+    def encode(self, src: np.ndarray) -> list[np.ndarray]:
+        (name, d), = self.enc_in.items()
+        return _ordered(self.enc(**{name: src.astype(d["dtype"], copy=False)}))
+
+    def decode(self, prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray:
+        args = [prefix, *enc]
+        feed = {n: a.astype(self.dec_in[n]["dtype"], copy=False) for n, a in zip(self.dec_names, args)}
+        return _ordered(self.dec(**feed))[0]
+
+
+def open(files: dict[str, Path], *, threads: int | None = None) -> LiteRtSession:  # noqa: A001
+    return LiteRtSession(files, threads)

@@ -1,0 +1,244 @@
+"""The device runtime: load a bundle, answer queries with trie-constrained beam search.
+
+>>> r = edge_gr.load("bundle/", backend="auto")                      # doctest: +SKIP
+>>> r.search("god so loved the world", k=3)                          # doctest: +SKIP
+[Hit(item_id='John.3.16', score=-0.41, title='For God so loved the world, ...'), ...]
+>>> r.variants, r.variant                                             # doctest: +SKIP
+(['executorch-fp32', 'executorch-int8', 'onnxruntime-fp32', ...], 'executorch-fp32')
+>>> r.switch("onnxruntime-int8")                                      # doctest: +SKIP
+
+Retrieval bundles take text (checked: empty, over 10,000 characters or not valid
+Unicode -> :class:`~edge_gr.errors.InputError`); recommendation bundles take a
+history (item ids, oldest first): unknown ids are dropped, and an empty history gets
+the bundle's popularity ranking (score ``nan``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import backends as _backends
+from .bundle import BundleManifest, Variant, open_bundle
+from .decode import beam_search
+from .errors import BackendUnavailableError, BundleError, InputError
+from .ids import SemanticIds
+from .text import check_query, encode
+
+__all__ = ["load", "Retriever", "Hit"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: catalogue id, summed log-probability (``nan`` for the popularity fallback), title."""
+
+    item_id: str
+    score: float
+    title: str
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+class _Model:
+    """A loaded variant: session + the padding its static shapes need."""
+
+    def __init__(self, variant: Variant, root: Path, threads: int | None):
+        files = {role: root / f.path for role, f in variant.files.items()}
+        self.variant = variant
+        self.session = _backends.open_session(variant.backend, files, threads=threads)
+        self.static = dict(getattr(self.session, "static", {}) or variant.static or {})
+
+    def _limits(self) -> tuple[int | None, int | None, bool, bool]:
+        st = self.static
+        n, b = st.get("batch"), st.get("beam")  # fixed shapes (pad up to them)
+        return n or st.get("max_batch"), b or st.get("max_beam"), bool(n), bool(b)
+
+    def encode(self, src: np.ndarray) -> list[np.ndarray]:
+        n, _, fixed, _ = self._limits()
+        if not n or src.shape[0] == n or (not fixed and src.shape[0] < n):
+            return self.session.encode(src)
+        parts = []
+        for s in range(0, src.shape[0], n):  # run in chunks of the batch limit, padding the last one if shapes are fixed
+            chunk = src[s:s + n]
+            pad = n - chunk.shape[0] if fixed else 0
+            out = self.session.encode(np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk)
+            parts.append([o[:chunk.shape[0]] for o in out])
+        return [np.concatenate(p) for p in zip(*parts)]
+
+    def decode(self, prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray:
+        n, b, fixed_n, fixed_b = self._limits()
+        if not n and not b:
+            return self.session.decode(prefix, enc)
+        N, B, L = prefix.shape
+        if b and B > b:
+            raise InputError(f"variant {self.variant.name} was exported for at most {b} beams, got {B}",
+                             hint=f"pass beam <= {b} or use a variant without this limit")
+        if fixed_b and B < b:
+            prefix = np.concatenate([prefix, np.zeros((N, b - B, L), prefix.dtype)], 1)
+        n = n or N
+        outs = []
+        for s in range(0, N, n):
+            p, e = prefix[s:s + n], [x[s:s + n] for x in enc]
+            pad = n - p.shape[0] if fixed_n else 0
+            if pad:
+                p = np.concatenate([p, np.repeat(p[:1], pad, 0)])
+                e = [np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in e]
+            outs.append(self.session.decode(p, e)[: p.shape[0] - pad])
+        return np.concatenate(outs)[:, :B]
+
+
+class Retriever:
+    """A loaded bundle. Build with :func:`load`; thread-safe for concurrent ``search`` and ``switch``."""
+
+    def __init__(self, manifest: BundleManifest, root: Path, keep, model: _Model, threads: int | None):
+        self.manifest, self.root, self._keep, self._model, self._threads = manifest, root, keep, model, threads
+        self._lock = threading.Lock()
+        rt = manifest.runtime
+        self.task, self.levels, self.max_len = manifest.task, tuple(rt.levels), rt.max_len
+        self._offsets = np.concatenate([[0], np.cumsum(self.levels)[:-1]]).astype(np.int64)
+        self.ids = SemanticIds.load(root / manifest.files["ids"].path)
+        self._titles: dict[str, str] = {}
+        with open(root / manifest.files["catalogue"].path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    rec = json.loads(line)
+                    self._titles[rec["id"]] = rec.get("title", "")
+        self.popularity: list[str] = []
+        if "popularity" in manifest.files:
+            self.popularity = json.loads((root / manifest.files["popularity"].path).read_text())
+        self.tokenizer = None
+        if self.task == "retrieval":
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(root / manifest.files["tokenizer"].path))
+
+    # -- variants --------------------------------------------------------------
+    @property
+    def variants(self) -> list[str]:
+        """Names of every variant in the bundle."""
+        return [v.name for v in self.manifest.variants]
+
+    @property
+    def variant(self) -> str:
+        """The variant serving now."""
+        return self._model.variant.name
+
+    def switch(self, variant: str) -> None:
+        """Serve ``variant`` from now on. It is loaded and test-run first; if that fails the old one keeps serving."""
+        new = _open(self.manifest.variant(variant), self.root, self._threads, self)
+        with self._lock:
+            self._model = new
+
+    # -- search ----------------------------------------------------------------
+    def search(self, query: str | Sequence[str], k: int = 10, *, beam: int = 20) -> list[Hit]:
+        """Top-``k`` hits for one query (text for retrieval bundles, a history of item ids for rec bundles)."""
+        return self.search_many([query], k, beam=beam)[0]
+
+    def search_many(self, queries: Sequence[str | Sequence[str]], k: int = 10, *, beam: int = 20) -> list[list[Hit]]:
+        """Batched :meth:`search` (one encoder call and one decoder call per level for all queries)."""
+        if isinstance(queries, (str, bytes)):
+            raise InputError("search_many takes a list of queries", hint="use search(query) for one query")
+        if not isinstance(k, int) or k < 1 or not isinstance(beam, int) or beam < 1:
+            raise InputError(f"k and beam must be positive integers, got k={k!r}, beam={beam!r}", hint="e.g. k=10, beam=20")
+        k = min(k, len(self.ids))
+        beam = max(beam, k)
+        src = self._rec_src(queries) if self.task == "rec" else self._text_src(queries)
+        live = np.flatnonzero((src != 0).any(1))
+        out: list[list[Hit]] = [[] for _ in queries]
+        if len(live):
+            with self._lock:
+                model = self._model
+            items, scores = self._decode(model, src[live], k, beam)
+            for r, ir, sr in zip(live, items, scores):
+                out[r] = [self._hit(self.ids.items[i], float(s)) for i, s in zip(ir, sr) if i >= 0]
+        for r in np.flatnonzero(~(src != 0).any(1)):  # rec: no known item -> popularity fallback
+            out[r] = [self._hit(i, float("nan")) for i in self.popularity[:k]]
+        return out
+
+    def _hit(self, item: str, score: float) -> Hit:
+        return Hit(item, score, self._titles.get(item, ""))
+
+    def _rec_src(self, histories) -> np.ndarray:
+        src = np.zeros((len(histories), self.max_len), dtype=np.int64)
+        for r, h in enumerate(histories):
+            if isinstance(h, (str, bytes)) or not isinstance(h, Sequence):
+                raise InputError("a recommender takes a history (a list of item ids, oldest first), not text",
+                                 hint="pass e.g. ['Toy Story (1995)']")
+            rows = [self.ids._index[i] + 1 for i in h if isinstance(i, str) and i in self.ids._index][-self.max_len:]
+            if rows:
+                src[r, self.max_len - len(rows):] = rows
+        return src
+
+    def _text_src(self, texts) -> np.ndarray:
+        texts = [check_query(t) for t in texts]
+        return encode(self.tokenizer, texts, self.max_len, width=self.max_len)
+
+    def _decode(self, model: _Model, src: np.ndarray, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
+        enc = model.encode(src)
+        L, off = len(self.levels), self._offsets
+
+        def step(prefix: np.ndarray) -> np.ndarray:
+            n, b, l = prefix.shape
+            inp = np.zeros((n, b, L), dtype=np.int64)  # 0 = BOS; positions after l are ignored (causal)
+            inp[:, :, 1:l + 1] = prefix + off[:l] + 1
+            logits = model.decode(inp, enc)[:, :, l]  # (n, b, V)
+            return _log_softmax(logits[..., off[l]:off[l] + self.levels[l]])
+
+        return beam_search(step, self.ids.trie(), n=src.shape[0], beam=beam, k=k)
+
+
+def _open(variant: Variant, root: Path, threads: int | None, r: Retriever | None = None, manifest: BundleManifest | None = None) -> _Model:
+    """Open a variant and run one tiny query through it, so a broken file fails here, not mid-request."""
+    rt = (manifest or r.manifest).runtime
+    try:
+        model = _Model(variant, root, threads)
+        enc = model.encode(np.ones((1, rt.max_len), dtype=np.int64))
+        model.decode(np.zeros((1, 1, len(rt.levels)), dtype=np.int64), enc)
+    except (BackendUnavailableError, InputError):
+        raise
+    except Exception as e:  # any runtime failure: report it as a bundle problem, keep the caller's state
+        raise BundleError(f"variant {variant.name} ({variant.backend}) loads but does not run ({type(e).__name__}: {e})",
+                          hint="re-export it, or choose another variant") from e
+    return model
+
+
+def load(path: str | os.PathLike, backend: str = "auto", variant: str | None = None, *, threads: int | None = None) -> Retriever:
+    """Verify a bundle (folder or ``.tar``) and load one variant.
+
+    ``variant`` picks one by name; else the first variant of ``backend``, where ``"auto"``
+    tries executorch, onnxruntime, litert, torch in that order and takes the first whose
+    package is installed. ``threads`` caps the backend's CPU threads (None = its default).
+    """
+    manifest, root, keep = open_bundle(path)
+    if variant is not None:
+        chosen = [manifest.variant(variant)]
+    else:
+        order = _backends.AUTO_ORDER if backend == "auto" else (backend,)
+        chosen = [v for b in order for v in manifest.variants if v.backend == b]
+        if backend != "auto" and not chosen:
+            raise BundleError(f"the bundle has no {backend} variant", hint=f"pick one of {[v.name for v in manifest.variants]}")
+    errors = []
+    for v in chosen:
+        if backend == "auto" and variant is None:
+            if not _backends.available(v.backend) or v.backend in errors:
+                continue
+        try:
+            model = _open(v, root, threads, manifest=manifest)
+        except BackendUnavailableError:
+            if backend == "auto" and variant is None:
+                errors.append(v.backend)
+                continue
+            raise
+        return Retriever(manifest, root, keep, model, threads)
+    raise BackendUnavailableError(f"none of the bundle's backends is installed ({sorted({v.backend for v in manifest.variants})})",
+                                  hint="`pip install onnxruntime==1.32.0` (or executorch / ai-edge-litert)")

@@ -1,0 +1,36 @@
+"""Shared helpers of the export stages: names, dynamic shapes, example inputs."""
+
+from __future__ import annotations
+
+import torch
+
+from ..model import GenerativeRetriever
+from .modules import DecoderStep, Encoder, example_inputs
+
+__all__ = ["io_names", "dynamic_shapes", "wrap"]
+
+
+def io_names(model: GenerativeRetriever) -> tuple[list[str], list[str]]:
+    """Names of the encoder outputs (= decoder inputs after ``prefix``)."""
+    kv = [f"{t}_{i}" for i in range(model.cfg.n_dec_layers) for t in ("k", "v")]
+    return ["cross_mask", *kv], ["prefix", "cross_mask", *kv]
+
+
+def dynamic_shapes(model: GenerativeRetriever, max_batch: int = 1024, max_beam: int = 512):
+    """torch.export dynamic shapes: batch N (encoder + decoder) and beams B (decoder), with upper bounds.
+
+    ExecuTorch plans (preallocates) memory for the upper bounds, so keep them small there.
+    """
+    N = torch.export.Dim("batch", min=1, max=max_batch)
+    B = torch.export.Dim("beam", min=1, max=max_beam)
+    n_kv = 2 * model.cfg.n_dec_layers
+    enc = ({0: N},)
+    dec = ({0: N, 1: B}, {0: N}, tuple({0: N} for _ in range(n_kv)))  # *kv is one varargs tuple
+    return enc, dec
+
+
+def wrap(model: GenerativeRetriever, n: int = 2, beam: int = 3):
+    """``(encoder, decoder, enc_args, dec_args)`` ready to export (float32, eval, CPU)."""
+    model = model.float().cpu().eval()
+    enc_args, dec_args = example_inputs(model, n, beam)
+    return Encoder(model).eval(), DecoderStep(model).eval(), enc_args, dec_args

@@ -1,0 +1,214 @@
+"""The device runtime end to end: export tiny trained models, load the bundles, compare with eager.
+
+ExecuTorch and LiteRT exports take 20-60 s each on 2 cores, so their cases are ``slow``.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import edge_gr
+from edge_gr.bundle import load_manifest
+from edge_gr.errors import BundleError, InputError
+from server.data.base import Item, Query, RecData, RetrievalData
+from server.export.bundle import export_bundle
+from server.export.modules import DecoderStep, Encoder
+from server.model import GRConfig
+from server.semantic_ids import build_ids
+from server.train import TrainConfig, train_rec, train_retrieval
+
+ROOT = Path(__file__).parents[1]
+slow = pytest.mark.slow
+N_ITEMS = 30
+
+
+def _rec_data() -> RecData:
+    """Users walk the catalogue in steps of 1 (even users) or 2 (odd users)."""
+    items = [Item(f"i{j}", f"item {j}") for j in range(N_ITEMS)]
+    return RecData("toy", items, {f"u{u}": [f"i{(u + (1 + u % 2) * t) % N_ITEMS}" for t in range(12)] for u in range(120)})
+
+
+@pytest.fixture(scope="module")
+def rec_gm():
+    d = _rec_data()
+    ids = build_ids([f"i{j}" for j in range(N_ITEMS)], np.random.default_rng(0).normal(size=(N_ITEMS, 8)).astype("float32"), levels=(4, 4))
+    gm, _ = train_rec(d.split(), d.items, ids, GRConfig(d_model=32, n_heads=2, max_len=12, dropout=0.0, n_enc_layers=1, n_dec_layers=2),
+                      TrainConfig(epochs=15, batch_size=32, lr=5e-3, eval_queries=20, beam=10, patience=50, progress=False, warmup_steps=10))
+    split = d.split()
+    queries = [split.test_history(u) for u in list(split.test_target)[:12]]
+    return gm, queries
+
+
+@pytest.fixture(scope="module")
+def ret_gm():
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
+    docs = [Item(f"d{j}", " ".join(words[(j + t) % len(words)] for t in range(5)) + f" w{j}") for j in range(24)]
+    train = [Query(f"q{j}", " ".join(d.text.split()[1:4]), frozenset({d.id})) for j, d in enumerate(docs)]
+    data = RetrievalData("toy", docs, train=train, test=train, valid=train)
+    ids = build_ids([d.id for d in docs], np.random.default_rng(0).normal(size=(24, 8)).astype("float32"), levels=(4,))
+    gm, _ = train_retrieval(data, ids, GRConfig(d_model=32, n_heads=2, max_len=12, dropout=0.0, n_enc_layers=1, n_dec_layers=2),
+                            TrainConfig(epochs=20, batch_size=16, lr=5e-3, eval_queries=12, beam=10, patience=50, progress=False, warmup_steps=10),
+                            vocab_size=120, index_windows=1)
+    return gm, [q.text for q in train[:12]]
+
+
+_BUNDLES: dict = {}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory, rec_gm, ret_gm):
+    """bundle(task, backend, precision) -> path of a one-variant bundle (exported once per module)."""
+    gms = {"rec": rec_gm[0], "retrieval": ret_gm[0]}
+
+    def make(task: str, backend: str, precision: str) -> Path:
+        key = (task, backend, precision)
+        if key not in _BUNDLES:
+            _BUNDLES[key] = export_bundle(gms[task], tmp_path_factory.mktemp("b") / f"{task}-{backend}-{precision}", [(backend, precision)])
+        return _BUNDLES[key]
+
+    return make
+
+
+VARIANTS = [pytest.param("onnxruntime", "fp32"), pytest.param("onnxruntime", "int8"), pytest.param("torch", "fp32"),
+            pytest.param("executorch", "fp32", marks=slow), pytest.param("executorch", "int8", marks=slow),
+            pytest.param("executorch", "int4", marks=slow), pytest.param("litert", "fp32", marks=slow),
+            pytest.param("litert", "int8", marks=slow)]
+
+
+def test_export_modules_match_eager_decode(rec_gm, ret_gm):
+    for gm in (rec_gm[0], ret_gm[0]):
+        m, c = gm.model, gm.model.cfg
+        hi = c.n_items + 1 if c.task == "rec" else c.vocab_size
+        src = torch.randint(1, hi, (3, c.max_len), generator=torch.Generator().manual_seed(0))
+        src[0, : c.max_len // 2] = 0 if c.task == "rec" else src[0, : c.max_len // 2]
+        if c.task == "retrieval":
+            src[0, c.max_len // 2:] = 0
+        codes = torch.stack([torch.randint(0, k, (3, 5)) for k in c.levels], -1)
+        with torch.no_grad():
+            mem, pad = m.encode(src)
+            ref = m.decode(mem, pad, m.teacher_inputs(codes))
+            got = DecoderStep(m)(m.teacher_inputs(codes), *Encoder(m)(src))
+        assert torch.allclose(ref, got, atol=1e-4), (ref - got).abs().max()
+
+
+@pytest.mark.parametrize("backend,precision", VARIANTS)
+@pytest.mark.parametrize("task", ["rec", "retrieval"])
+def test_variant_matches_eager(task, backend, precision, bundle, rec_gm, ret_gm):
+    gm, queries = rec_gm if task == "rec" else ret_gm
+    r = edge_gr.load(bundle(task, backend, precision), backend=backend)
+    assert r.variant == f"{backend}-{precision}"
+    got = [[h.item_id for h in hits] for hits in r.search_many(queries, 10, beam=20)]
+    ref = [[i for i, _ in gm.search(q, 10, beam=20)] for q in queries]
+    if precision == "fp32":
+        assert got == ref
+    else:
+        overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])
+        assert overlap >= 0.9, overlap
+    one = r.search(queries[0], 5, beam=20)  # single query == the batched one (int8: dynamic activation
+    assert all(h.title for h in one)          # scales are per batch, so only fp32 is batch-independent)
+    if precision == "fp32":
+        assert [h.item_id for h in one] == got[0][:5]
+
+
+def test_rec_fallbacks_and_bad_input(bundle, rec_gm):
+    gm, queries = rec_gm
+    r = edge_gr.load(bundle("rec", "onnxruntime", "fp32"))
+    pop = r.search([], 5)
+    assert [h.item_id for h in pop] == gm.popularity[:5] and all(np.isnan(h.score) for h in pop)
+    assert [h.item_id for h in r.search(["nope", 7, None], 3)] == gm.popularity[:3]  # unknown ids dropped
+    assert [h.item_id for h in r.search(queries[0] + ["nope"], 5)] == [h.item_id for h in r.search(queries[0], 5)]
+    with pytest.raises(InputError, match="history"):
+        r.search("some text")
+
+
+def test_archive_and_switch(bundle, ret_gm, tmp_path):
+    src = bundle("retrieval", "onnxruntime", "fp32")
+    two = tmp_path / "two"
+    export_bundle(ret_gm[0], two, [("onnxruntime", "fp32"), ("torch", "fp32")], archive=True)
+    r = edge_gr.load(str(two) + ".tar", backend="onnxruntime")
+    assert r.variants == ["onnxruntime-fp32", "torch-fp32"] and r.variant == "onnxruntime-fp32"
+    before = r.search("beta gamma delta", 5)
+    r.switch("torch-fp32")
+    assert r.variant == "torch-fp32" and [h.item_id for h in r.search("beta gamma delta", 5)] == [h.item_id for h in before]
+    # a variant that verifies but cannot run (an ONNX file declared as LiteRT): switch fails, the old one keeps serving
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    doc = json.loads((bad / "manifest.json").read_text())
+    v = dict(doc["variants"][0], name="litert-broken", backend="litert", files={"program": doc["variants"][0]["files"]["encoder"]})
+    doc["variants"].append(v)
+    (bad / "manifest.json").write_text(json.dumps(doc))
+    r2 = edge_gr.load(bad, backend="onnxruntime")
+    with pytest.raises(BundleError, match="litert-broken"):
+        r2.switch("litert-broken")
+    assert r2.variant == "onnxruntime-fp32" and r2.search("beta gamma delta", 5)
+    with pytest.raises(BundleError, match="no variant"):
+        r2.switch("nope")
+
+
+def test_corrupted_bundle_is_refused_before_loading(bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(bundle("rec", "onnxruntime", "int8"), b)
+    dec = b / "variants" / "onnxruntime-int8" / "decoder.onnx"
+    data = bytearray(dec.read_bytes())
+    data[len(data) // 2] ^= 1
+    dec.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="decoder.onnx"):
+        edge_gr.load(b)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("litert", marks=slow),
+                                     pytest.param("executorch", marks=[slow, pytest.mark.xfail(
+                                         reason="ExecuTorch's Python runtime (executorch.runtime) imports torch itself", strict=True)])])
+def test_device_path_imports_no_torch(backend, bundle, ret_gm):
+    path = bundle("retrieval", backend, "fp32")
+    code = ("import sys, edge_gr; r = edge_gr.load(sys.argv[1], backend=sys.argv[2]); hits = r.search('beta gamma delta', 3); "
+            "bad = [m for m in ('torch', 'server', 'device_sim') if m in sys.modules]; print(len(hits), bad)")
+    out = subprocess.run([sys.executable, "-c", code, str(path), backend], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "3 []"
+
+
+def test_missing_backend_says_how_to_install(bundle, monkeypatch):
+    from edge_gr import backends
+
+    monkeypatch.setattr(backends, "available", lambda name: False)
+    with pytest.raises(edge_gr.BackendUnavailableError, match="pip install onnxruntime"):
+        edge_gr.load(bundle("rec", "onnxruntime", "fp32"), backend="onnxruntime")
+    with pytest.raises(edge_gr.BackendUnavailableError, match="none of the bundle's backends"):
+        edge_gr.load(bundle("rec", "onnxruntime", "fp32"))
+
+
+@pytest.fixture(scope="module")
+def ret_runtime(bundle):
+    return edge_gr.load(bundle("retrieval", "onnxruntime", "fp32"))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(q=st.one_of(st.text(), st.text(alphabet=st.characters(codec=None, categories=None), max_size=50),
+                   st.sampled_from(["", " ", "\x00\x01\x02", "\u202e\ud800x", "a" * 1_000_000, "é" * 10_001, "alpha " * 1500]),
+                   st.binary(max_size=30), st.none(), st.integers()))
+def test_fuzz_retrieval_queries_only_raise_input_error(ret_runtime, q):
+    try:
+        hits = ret_runtime.search(q, 5)
+    except InputError:
+        return
+    assert len(hits) == 5 and all(isinstance(h, edge_gr.Hit) for h in hits)
+
+
+def test_cli_export(rec_gm, tmp_path, capsys):
+    from server.cli import main
+
+    rec_gm[0].save(tmp_path / "ck")
+    assert main(["export", "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "bundle"), "--variants", "onnxruntime:int8", "--archive"]) == 0
+    assert "onnxruntime-int8" in capsys.readouterr().out
+    m = load_manifest(tmp_path / "bundle")
+    assert [v.name for v in m.variants] == ["onnxruntime-int8"] and (tmp_path / "bundle.tar").is_file()
