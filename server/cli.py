@@ -327,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval-queries", type=int, default=1000)
     sp.add_argument("--alpha", type=float, default=0.5, help="weight of the hard-label CE (1-alpha on the teacher's soft labels)")
     sp.add_argument("--temperature", type=float, default=2.0)
-    sp.add_argument("--rank-weight", type=float, default=0.1)
-    sp.add_argument("--negative-weight", type=float, default=0.1)
+    # KD only by default: on MovieLens-1M the beam-based terms lowered the student's validation
+    # score at every weight tried (README, "Compression"); they stay available for experiments.
+    sp.add_argument("--rank-weight", type=float, default=0.0, help="listwise rank loss over the teacher's top beams")
+    sp.add_argument("--negative-weight", type=float, default=0.0, help="true ID vs the teacher's top beams that are not it")
     sp.add_argument("--hidden-weight", type=float, default=0.0)
     sp.add_argument("--rank-samples", type=int, default=4096, help="inputs whose teacher beams feed the sequence / rank / negative terms")
     sp.add_argument("--seq-level", action="store_true", help="add sequence-level KD on the teacher's top beam (hurt in the ablation)")

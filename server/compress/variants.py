@@ -59,8 +59,7 @@ class CompressConfig:
     """
 
     student: "GRConfig | None" = None
-    distill: DistillConfig = field(default_factory=lambda: DistillConfig(alpha=0.5, temperature=2.0, rank_weight=0.5, seq_level=True,
-                                                                         negative_weight=0.5))
+    distill: DistillConfig = field(default_factory=lambda: DistillConfig(alpha=0.5, temperature=2.0))  # KD only: see README
     train: "TrainConfig | None" = None
     recover: "TrainConfig | None" = None
     int4_group_size: int = 64
