@@ -7,7 +7,9 @@ Measured 2026-11-26 (valid NDCG@10, 300 users): kd 0.0345/0.0457/0.0623 after 1/
     .venv/bin/python bench/distill_diag.py kd|neg|rank|seq [epochs]
 """
 import sys, time, json
-sys.path.insert(0, "/work/main"); sys.path.insert(0, "/work/main/bench")
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
 import torch
 torch.set_num_threads(1)
 from core import _load_ml, STAGE
@@ -16,7 +18,7 @@ from server.compress import DistillConfig, distill
 from server.model import GRConfig
 from server.train import TrainConfig
 split = _load_ml(STAGE).split()
-t = GenerativeModel.load("/work/main/.cache/bench_ckpts/rec-model")
+t = GenerativeModel.load(ROOT / ".cache" / "bench_ckpts" / "rec-model")
 which = sys.argv[1]
 cfg = {"kd": DistillConfig(alpha=0.5), "neg": DistillConfig(alpha=0.5, negative_weight=0.1, rank_samples=512),
        "rank": DistillConfig(alpha=0.5, rank_weight=0.1, rank_samples=512), "seq": DistillConfig(alpha=0.5, seq_level=True, rank_samples=512)}[which]
