@@ -94,3 +94,12 @@ if [ "$1" = 5 ]; then
   $PY bench/eval_variants.py --device cuda --data $ST/ml-1m --out "$OUT/eval.json" /tmp/mlp/pruned-30 $MT > "$OUT/eval.log" 2>&1
   (cd "$OUT" && tar --exclude=items.jsonl -cf ml-kd.tar ml-kd && rm -rf ml-kd)
 fi
+# stage 6: the KD-only ML student again, its weights brought back (tar, no catalogue) for the CPU rows of bench/compression.py
+if [ "$1" = 6 ]; then
+  mkdir -p /tmp/mlt && (cd /tmp/mlt && cat "$OLDPWD"/.cache/carry4/teacher.tar.part-* | tar xf -) && MT=/tmp/mlt/ml-teacher/rec-model
+  zcat .cache/carry4/ml-1m/items.jsonl.gz > $MT/items.jsonl
+  [ -f "$ST/ml-1m/ids.json" ] || { mkdir -p $ST && cp -r .cache/carry4/ml-1m $ST/; }
+  $PY -m server.cli compress --teacher $MT --data $ST/ml-1m --device cuda --epochs 80 --patience 10 --eval-queries 1000 \
+    --variants fp32 --minutes ${MINUTES:-6} --out /tmp/ml-kd > "$OUT/ml-kd.log" 2>&1
+  (cd /tmp && tar --exclude=items.jsonl -cf "$OUT/ml-kd.tar" ml-kd)
+fi
