@@ -38,19 +38,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import InputError
+from .runtime import Hit
 
 __all__ = ["HybridClient", "Answer", "CloudHit", "CloudError"]
 
 MODES = ("local_first", "refine")
 
 
-@dataclass(frozen=True)
-class CloudHit:
-    """One result from the cloud (same fields as the runtime's ``Hit``). ``score`` is nan for the popularity fallback."""
-
-    item_id: str
-    score: float
-    title: str = ""
+# Cloud answers are the runtime's own ``Hit`` (item_id, score - nan for the popularity fallback, title),
+# so local and cloud answers are interchangeable for the caller.
+CloudHit = Hit
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ class HybridClient:
     timeout_s     the cloud's answer must arrive within this many seconds of the request's start
     mode          ``"local_first"`` or ``"refine"``
     online        optional hook, e.g. the OS's connectivity state; False -> treated as offline
-    make_hit      builds a hit from ``(item_id, score, title)`` (pass the runtime's ``Hit``)
+    make_hit      builds a hit from ``(item_id, score, title)`` (default: the runtime's ``Hit``)
     """
 
     def __init__(self, local, cloud_url: str | None = None, *, timeout_s: float = 0.3, mode: str = "local_first",
