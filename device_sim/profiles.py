@@ -1,4 +1,4 @@
-"""Hardware profiles of virtual phones, read from ``device_sim/profiles/*.toml``.
+"""Hardware profiles of virtual phones, read from ``device_sim/phones/*.toml``.
 
 A profile is plain data: CPU speed relative to the host that measured the CPU time,
 memory, battery, power draws and radio energy. Each TOML file cites the published
@@ -26,7 +26,7 @@ from edge_gr.errors import InputError
 
 __all__ = ["PhoneProfile", "PROFILE_DIR", "load_profile", "load_profiles", "parse_profile"]
 
-PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+PROFILE_DIR = Path(__file__).resolve().parent / "phones"
 
 # section -> (field, lower bound, bound inclusive?) ; every field is required.
 _SCHEMA: dict[str, list[tuple[str, float, bool]]] = {
