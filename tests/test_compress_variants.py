@@ -11,6 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_model import ret_model, rec_model  # noqa: E402,F401  (fixtures)
 
+from edge_gr.errors import InputError  # noqa: E402
 from server.cli import main  # noqa: E402
 from server.compress import DistillConfig, Distiller, distill, hard_negative_loss, teacher_beams  # noqa: E402
 from server.compress.variants import CompressConfig, compress  # noqa: E402
@@ -29,6 +30,14 @@ def test_hard_negative_loss_by_hand():
     is_pos = torch.tensor([[False, True], [False, False]])
     expect2 = (np.log(np.e + 1) - 1 + np.log(3)) / 2
     assert abs(hard_negative_loss(pos, neg, is_pos).item() - expect2) < 1e-6
+
+
+def test_negative_skip_is_checked_and_drops_the_first_beams():
+    with pytest.raises(InputError, match="negative_skip"):
+        DistillConfig(negative_weight=0.1, negative_skip=10, rank_k=10)
+    pos, neg = torch.tensor([0.0]), torch.tensor([[5.0, 0.0]])
+    # skipping the first beam leaves one equal-scored negative: log 2
+    assert abs(hard_negative_loss(pos, neg[:, 1:]).item() - np.log(2)) < 1e-6
 
 
 def recall(gm, data) -> float:

@@ -133,7 +133,8 @@ class DistillConfig:
     ``rank_weight``: weight of :func:`listwise_rank_loss` on the teacher's beam candidates.
     ``hidden_weight``: weight of an MSE between (projected) student and teacher hidden states.
     ``negative_weight``: weight of :func:`hard_negative_loss` - the true ID against the teacher's top
-    beams that are not it (teacher-mined hard negatives).
+    beams that are not it (teacher-mined hard negatives); ``negative_skip`` leaves the teacher's first
+    beams out of the negatives (in recommendation they are mostly plausible items: false negatives).
     ``seq_level``: sequence-level KD - also train the student on the teacher's top-1 beam ID (an
     extra hard target, next to the token-level loss on the data).
     ``rank_k`` / ``rank_samples`` / ``rank_batch``: the teacher's top-``rank_k`` beams are decoded
@@ -150,6 +151,7 @@ class DistillConfig:
     hidden_weight: float = 0.0
     seq_level: bool = False
     negative_weight: float = 0.0
+    negative_skip: int = 0
     rank_k: int = 10
     rank_samples: int = 512
     rank_batch: int = 32
@@ -159,6 +161,9 @@ class DistillConfig:
         if min(self.rank_weight, self.hidden_weight, self.negative_weight) < 0:
             raise InputError(f"rank_weight, hidden_weight and negative_weight must be >= 0, got "
                              f"{self.rank_weight}, {self.hidden_weight}, {self.negative_weight}")
+        if self.negative_skip < 0 or (self.negative_weight > 0 and self.negative_skip >= self.rank_k):
+            raise InputError(f"negative_skip ({self.negative_skip}) must be in [0, rank_k={self.rank_k})",
+                             hint="raise rank_k to mine negatives further down the teacher's list")
         if self.rank_k < 1 or self.rank_samples < 1 or self.rank_batch < 1:
             raise InputError(f"rank_k, rank_samples and rank_batch must be >= 1, got {self.rank_k}, {self.rank_samples}, {self.rank_batch}")
 
@@ -261,7 +266,8 @@ class Distiller(nn.Module):
         if c.rank_weight > 0:
             loss = loss + c.rank_weight * listwise_rank_loss(seq[:, :-1], scores, c.temperature)
         if c.negative_weight > 0:
-            loss = loss + c.negative_weight * hard_negative_loss(seq[:, -1], seq[:, :-1], (cand == target[:, None]).all(-1))
+            k0 = c.negative_skip
+            loss = loss + c.negative_weight * hard_negative_loss(seq[:, -1], seq[:, k0:-1], (cand[:, k0:] == target[:, None]).all(-1))
         return loss
 
     def candidate_logprobs(self, src: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
