@@ -63,7 +63,8 @@ def _calib_ret(gm: GenerativeModel, data, n: int = 16, bs: int = 32):
 
 def variants(gm: GenerativeModel, calib) -> dict[str, GenerativeModel]:
     out = {"fp32": gm}
-    for name, cfg in [("fp16", Fp16Config()), ("int8", Int8Config()), ("int4", Int4Config(group_size=64)), ("mixed", chapter_recipe())]:
+    for name, cfg in [("fp16", Fp16Config()), ("int8", Int8Config()), ("int4", Int4Config(group_size=64)),
+                      ("int4-g128", Int4Config(group_size=128)), ("mixed", chapter_recipe())]:
         v = copy.deepcopy(gm)
         quantize_(v.model, cfg)
         out[name] = v
@@ -125,7 +126,8 @@ def main() -> None:
 
             st = GenerativeModel.load(args.bible_student)
             models["student-fp32"] = st
-            for name, cfg in [("fp16", Fp16Config()), ("int8", Int8Config()), ("int4", Int4Config(group_size=64)), ("mixed", chapter_recipe())]:
+            for name, cfg in [("fp16", Fp16Config()), ("int8", Int8Config()), ("int4", Int4Config(group_size=64)),
+                              ("int4-g128", Int4Config(group_size=128)), ("mixed", chapter_recipe())]:
                 models[f"student-{name}"] = quantized_variant(st, cfg)
         rows = _table(models, lambda name, v: evaluate_retrieval({name: _GenSearch(v, 20)}, queries)[name], "recall@10")
         res["bible"] = {"methods": rows, "protocol": f"seeded subset of {len(queries)} WEB test queries, full ranking"}
