@@ -154,7 +154,7 @@ def plot(path: Path) -> Path:
         ax.set_xlabel("weight storage, MB")
         ax.set_ylabel(key.replace("_", " ") + " (teacher = 1)")
         ax.set_title(k)
-    fig.suptitle(f"compression variants (no distillation yet) - {res['date']}", fontsize=9)
+    fig.suptitle(f"compression variants (teachers; student-*: distilled 2x128 student) - {res['date']}", fontsize=9)
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)
