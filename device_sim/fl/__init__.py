@@ -1,0 +1,1 @@
+"""Federated personalization over simulated phones (issue #5)."""

@@ -1,0 +1,543 @@
+"""Secure aggregation (SecAgg+) for federated personalization (issue #5).
+
+One entry, :func:`make_secagg_apps`, turns a local-training function into a Flower
+``(ServerApp, ClientApp)`` pair that averages the clients' updates with FedAvg,
+either under SecAgg+ (``secure=True``: the server only ever holds masked integer
+vectors and their sum) or in the clear (``secure=False``, the same apps without the
+protocol, for comparison). :func:`run_secagg_simulation` runs a pair on the Ray
+simulation backend and returns one :class:`RoundResult` per round.
+
+SecAgg+ exists only in Flower 1.42's *legacy* API, so this module uses it: server
+``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` over a ``LegacyContext``
+holding a ``flwr.server.strategy.FedAvg``; client ``ClientApp(client_fn,
+mods=[secaggplus_mod])``.
+
+What the server sees
+--------------------
+Under SecAgg+ each client uploads ``[q_i, quantize(w_i * u_i)] + masks mod 2**32``
+(``w_i = num_examples / max_weight``, ``u_i`` its update): pairwise masks cancel in
+the sum, private masks are removed with Shamir shares, dropped clients' pairwise masks
+are rebuilt from their neighbours' shares. ``num_examples`` and the client's metrics
+travel **in the clear** (Flower puts them in the FitRes); only the arrays are masked.
+
+Weighting (``max_weight``)
+--------------------------
+A client scales its update by ``r_i = round(num_examples / max_weight * Q) / Q``
+*before* clipping to ``[-clipping_range, clipping_range]`` and quantizing to ``Q =
+quantization_range`` levels; the server divides the unmasked sum by ``sum(r_i)``. So
+FedAvg weighting by ``num_examples`` is exact up to rounding ``r_i`` to ``1/Q``, but:
+``num_examples`` must not exceed ``max_weight`` (checked here), and ``max_weight``
+should be close to the largest ``num_examples``: the quantization error is divided by
+``sum(r_i)``, so Flower's default ``max_weight=1000`` with clients reporting 1 example
+loses a factor 1000 in precision.
+
+Tolerance (see :func:`secagg_tolerance`)
+-----------------------------------------
+With ``n`` surviving clients, ``C = clipping_range``, ``P = max |u_i|`` and
+``b_i = r_i`` as above, every element of the SecAgg+ aggregate differs from the exact
+``num_examples``-weighted FedAvg of the survivors by less than::
+
+    (2C/Q * n            # stochastic rounding: < 1 level (2C/Q) per client
+     + n/(2Q) * 2P)      # weights rounded to 1/Q: |b_i - w_i| <= 1/(2Q)
+    / sum(b_i)
+
+plus float rounding. Unweighted (all ``num_examples == max_weight``) that is ``2C/Q``:
+4.8e-7 with the defaults ``C = 1``, ``Q = 2**22``. No overflow needs ``n * Q <
+modulus_range`` (checked each round): at most 1023 clients per round with the defaults.
+
+Updates, not models
+-------------------
+With ``send_deltas=True`` (default) a client sends ``local - global`` and the server
+adds the averaged delta to the global arrays, so ``clipping_range`` bounds the
+*update*, which is small (LoRA steps) and keeps the quantization step small. The
+result is the FedAvg of the clients' local arrays either way.
+
+Dropouts
+--------
+SecAgg+ treats a node as dropped when its reply to a stage is an error or does not
+arrive within ``timeout``. ``drop_fraction`` makes a seeded share of the sampled
+clients raise :class:`SimulatedDropout` right after local training, i.e. after key
+sharing (stage 1) and before uploading the masked vector (stage 2): the round
+completes as long as every sampled node keeps ``reconstruction_threshold`` live
+neighbours, and the aggregate is the FedAvg of the survivors.
+
+Example (synthetic updates, 4 simulated phones; takes ~20 s, Ray)::
+
+    >>> import numpy as np
+    >>> init = [np.zeros((2, 3)), np.zeros(4)]
+    >>> fit = synthetic_fit_fn()              # partition-seeded random updates
+    >>> server_app, client_app = make_secagg_apps(
+    ...     fit, num_rounds=1, initial_arrays=init, min_clients=4)
+    >>> [r] = run_secagg_simulation(server_app, client_app, num_supernodes=4)  # doctest: +SKIP
+    >>> r.partition_ids, r.arrays[1].shape                                    # doctest: +SKIP
+    ((0, 1, 2, 3), (4,))
+"""
+
+from __future__ import annotations
+
+import os
+
+# Flower reads this at import time; without it every run posts telemetry events
+# (there is no internet here, so each exit would wait for a timeout).
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import logging  # noqa: E402
+import random  # noqa: E402
+from collections.abc import Callable, Iterable, Sequence  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from device_sim.fl.errors import FederationError  # noqa: E402
+
+__all__ = [
+    "FitFn",
+    "RoundResult",
+    "SimulatedDropout",
+    "FederationError",
+    "make_secagg_apps",
+    "run_secagg_simulation",
+    "fedavg",
+    "secagg_tolerance",
+    "check_secagg_ranges",
+    "choose_dropouts",
+    "synthetic_fit_fn",
+    "DEFAULT_CLIPPING_RANGE",
+    "DEFAULT_QUANTIZATION_RANGE",
+    "DEFAULT_MODULUS_RANGE",
+]
+
+#: ``fit_fn(partition_id, arrays, config) -> (arrays, num_examples, metrics)``: one
+#: client's local training, starting from the global ``arrays`` of this round.
+FitFn = Callable[[int, list[np.ndarray], dict[str, Any]], tuple[list[np.ndarray], int, dict[str, Any]]]
+
+DEFAULT_CLIPPING_RANGE = 1.0  # bound on |num_examples / max_weight * update|
+DEFAULT_QUANTIZATION_RANGE = 2**22  # levels per element (Flower's default)
+DEFAULT_MODULUS_RANGE = 2**32  # mask range (Flower's default and maximum)
+
+# Keys this layer adds to Flower's plaintext FitIns config / FitRes metrics.
+_DROP_KEY = "edge_gr_simulate_dropout"
+_PID_KEY = "edge_gr_partition_id"
+
+_log = logging.getLogger(__name__)
+
+
+class SimulatedDropout(RuntimeError):
+    """Raised inside a client chosen by ``drop_fraction``: the phone died mid-round."""
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """What the server holds after one aggregated round."""
+
+    server_round: int  # 1-based
+    arrays: list[np.ndarray]  # the new global arrays (dtype of ``initial_arrays``)
+    partition_ids: tuple[int, ...]  # sorted partition ids of the clients that contributed
+    num_failures: int  # sampled clients that did not contribute (dropouts included)
+    secure: bool  # True if aggregated under SecAgg+
+    dropped_node_ids: tuple[int, ...] = field(default=())  # nodes told to drop (drop_fraction)
+
+
+# ----------------------------------------------------------------------------- math
+
+
+def fedavg(updates: Sequence[Sequence[np.ndarray]], num_examples: Sequence[int]) -> list[np.ndarray]:
+    """Reference FedAvg: the ``num_examples``-weighted mean of ``updates`` (float64).
+
+    >>> fedavg([[np.array([0.0, 2.0])], [np.array([4.0, 2.0])]], [1, 3])
+    [array([3., 2.])]
+    """
+    if not updates or len(updates) != len(num_examples):
+        raise FederationError(
+            f"fedavg got {len(updates)} updates and {len(num_examples)} weights",
+            hint="pass one num_examples per update, at least one update",
+        )
+    w = np.asarray(num_examples, dtype=np.float64)
+    if (w <= 0).any():
+        raise FederationError("fedavg got a non-positive num_examples", hint="weights must be > 0")
+    return [
+        sum(wi * np.asarray(u[k], dtype=np.float64) for wi, u in zip(w, updates)) / w.sum()
+        for k in range(len(updates[0]))
+    ]
+
+
+def secagg_tolerance(
+    num_examples: Sequence[int],
+    *,
+    max_abs_update: float,
+    clipping_range: float = DEFAULT_CLIPPING_RANGE,
+    quantization_range: int = DEFAULT_QUANTIZATION_RANGE,
+    max_weight: float = 1.0,
+) -> float:
+    """Worst-case per-element |SecAgg+ aggregate - exact FedAvg| over these clients.
+
+    ``(2C/Q * n + n/(2Q) * 2 * max_abs_update) / sum(b_i)`` with ``b_i =
+    round(num_examples_i / max_weight * Q) / Q`` (module docstring). Assumes no value
+    was clipped, i.e. ``num_examples_i / max_weight * |u_i| <= clipping_range``.
+
+    >>> secagg_tolerance([1, 1, 1], max_abs_update=0.5)  # unweighted: 2C/Q + weights exact
+    4.76...e-07
+    >>> secagg_tolerance([10, 40], max_abs_update=0.5, max_weight=40) < 1e-6
+    True
+    """
+    n, q = len(num_examples), quantization_range
+    b = sum(round(w / max_weight * q) / q for w in num_examples)
+    weights_exact = all(round(w / max_weight * q) == w / max_weight * q for w in num_examples)
+    rounding = 2.0 * clipping_range / q * n
+    weighting = 0.0 if weights_exact else n / (2.0 * q) * 2.0 * max_abs_update
+    return (rounding + weighting) / b
+
+
+def check_secagg_ranges(
+    num_clients: int,
+    *,
+    clipping_range: float = DEFAULT_CLIPPING_RANGE,
+    quantization_range: int = DEFAULT_QUANTIZATION_RANGE,
+    modulus_range: int = DEFAULT_MODULUS_RANGE,
+) -> None:
+    """Raise :class:`FederationError` if ``num_clients`` quantized vectors could overflow
+    the mask modulus (their sum must stay below ``modulus_range``).
+
+    >>> check_secagg_ranges(1023)
+    >>> check_secagg_ranges(1024)
+    Traceback (most recent call last):
+    ...
+    device_sim.fl.errors.FederationError: SecAgg+ sum of 1024 clients x 4194304 levels overflows modulus_range 4294967296. To fix: sample at most 1023 clients per round or lower quantization_range
+    """
+    if clipping_range <= 0:
+        raise FederationError(f"clipping_range must be > 0, got {clipping_range}", hint="pass e.g. 1.0")
+    if num_clients * quantization_range >= modulus_range:
+        raise FederationError(
+            f"SecAgg+ sum of {num_clients} clients x {quantization_range} levels overflows "
+            f"modulus_range {modulus_range}",
+            hint=f"sample at most {(modulus_range - 1) // quantization_range} clients per round "
+            "or lower quantization_range",
+        )
+
+
+def choose_dropouts(node_ids: Iterable[int], fraction: float, *, seed: int, server_round: int) -> set[int]:
+    """The seeded ``round(fraction * n)`` of the sampled ``node_ids`` that drop this round.
+
+    >>> sorted(choose_dropouts(range(10), 0.2, seed=0, server_round=1))
+    [3, 9]
+    >>> choose_dropouts(range(10), 0.0, seed=0, server_round=1)
+    set()
+    """
+    ids = sorted(node_ids)
+    k = round(fraction * len(ids))
+    if not 0.0 <= fraction < 1.0:
+        raise FederationError(f"drop_fraction must be in [0, 1), got {fraction}", hint="pass e.g. 0.2")
+    return set(random.Random(f"{seed}:{server_round}").sample(ids, k))
+
+
+def synthetic_fit_fn(scale: float = 0.1, max_examples: int = 1) -> FitFn:
+    """A deterministic stand-in for local training: ``arrays + U(-scale, scale)`` noise
+    seeded by (partition id, arrays), ``num_examples = 1 + partition_id % max_examples``.
+
+    >>> fit = synthetic_fit_fn(max_examples=3)
+    >>> out, n, _ = fit(4, [np.zeros(2)], {})
+    >>> n, bool(np.all(np.abs(out[0]) <= 0.1)), np.array_equal(out[0], fit(4, [np.zeros(2)], {})[0][0])
+    (2, True, True)
+    """
+
+    def fit(partition_id: int, arrays: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        digest = int(sum(float(np.abs(a).sum()) for a in arrays) * 1e6) % 2**31
+        rng = np.random.default_rng([partition_id, digest])
+        out = [a + rng.uniform(-scale, scale, a.shape).astype(a.dtype) for a in arrays]
+        return out, 1 + partition_id % max_examples, {}
+
+    return fit
+
+
+# ----------------------------------------------------------------------------- apps
+
+
+def make_secagg_apps(
+    fit_fn: FitFn,
+    *,
+    num_rounds: int,
+    initial_arrays: Sequence[np.ndarray],
+    min_clients: int,
+    fraction_fit: float = 1.0,
+    secure: bool = True,
+    num_shares: int | float = 1.0,
+    reconstruction_threshold: int | float = 0.5,
+    clipping_range: float = DEFAULT_CLIPPING_RANGE,
+    quantization_range: int = DEFAULT_QUANTIZATION_RANGE,
+    modulus_range: int = DEFAULT_MODULUS_RANGE,
+    max_weight: float = 1.0,
+    timeout: float | None = None,
+    send_deltas: bool = True,
+    drop_fraction: float = 0.0,
+    drop_seed: int = 0,
+    on_aggregate: Callable[[RoundResult], None] | None = None,
+    on_reply: Callable[[Any], None] | None = None,
+) -> tuple[Any, Any]:
+    """Build a ``(ServerApp, ClientApp)`` running ``num_rounds`` of FedAvg over ``fit_fn``.
+
+    Args:
+        fit_fn: ``fit_fn(partition_id, arrays, config) -> (arrays, num_examples, metrics)``,
+            the client's local training; ``partition_id`` is the SuperNode's
+            ``node_config["partition-id"]``. Metrics must be Flower scalars.
+        num_rounds: server rounds.
+        initial_arrays: the global arrays of round 1 (their dtypes are kept).
+        min_clients: clients that must be connected before a round starts, and the
+            least sampled per round.
+        fraction_fit: share of connected clients sampled per round.
+        secure: SecAgg+ (True) or the same FedAvg in the clear (False).
+        num_shares: Shamir shares per client key; an int > 2 or a fraction of the
+            sampled clients (1.0: every sampled client is everyone's neighbour).
+        reconstruction_threshold: shares needed to rebuild a key (int, or fraction of
+            ``num_shares``). Every node must keep this many live neighbours, so with
+            ``num_shares=1.0`` up to ``1 - reconstruction_threshold`` may drop.
+        clipping_range: ``C``; each client's ``num_examples / max_weight * update`` must
+            lie in ``[-C, C]`` (a client that would be clipped raises instead).
+        quantization_range: ``Q`` levels per element; the error is ``~2C/Q``.
+        modulus_range: mask range, a power of two ``> n * Q``.
+        max_weight: the largest ``num_examples`` a client may report (module docstring).
+        timeout: seconds the server waits per SecAgg+ stage (``None``: for every reply;
+            a node that misses it counts as dropped).
+        send_deltas: clients send ``local - global``; the server adds the mean back.
+        drop_fraction: seeded share of sampled clients that raise
+            :class:`SimulatedDropout` after local training (after key sharing).
+        drop_seed: seed of :func:`choose_dropouts`.
+        on_aggregate: called on the server with each round's :class:`RoundResult`.
+        on_reply: called on the server with every reply ``flwr.app.Message`` it
+            receives (to inspect what the server actually sees).
+
+    Returns:
+        ``(server_app, client_app)``, a ``flwr.serverapp.ServerApp`` and a
+        ``flwr.clientapp.ClientApp`` (``flwr.client.ClientApp``); usable with
+        :func:`run_secagg_simulation` or as ``module:attribute`` components of a
+        Flower app for ``flwr run``.
+
+    >>> s, c = make_secagg_apps(synthetic_fit_fn(), num_rounds=1,
+    ...                         initial_arrays=[np.zeros(3)], min_clients=3)
+    >>> type(s).__name__, type(c).__name__
+    ('ServerApp', 'ClientApp')
+    """
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import LegacyContext, ServerApp, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    init = [np.array(a, copy=True) for a in initial_arrays]
+    if num_rounds < 1 or min_clients < 2:
+        raise FederationError(
+            f"need num_rounds >= 1 and min_clients >= 2 (got {num_rounds}, {min_clients})",
+            hint="SecAgg+ needs at least 2 sampled clients per round",
+        )
+    if not init:
+        raise FederationError("initial_arrays is empty", hint="pass the global model's arrays")
+    if max_weight <= 0:
+        raise FederationError(f"max_weight must be > 0, got {max_weight}", hint="pass the largest num_examples")
+    check_secagg_ranges(min_clients, clipping_range=clipping_range, quantization_range=quantization_range,
+                        modulus_range=modulus_range)
+    choose_dropouts([], drop_fraction, seed=drop_seed, server_round=1)  # validates drop_fraction
+    dtypes = [a.dtype for a in init]
+
+    class _Strategy(FedAvg):
+        """FedAvg of deltas (or arrays) that marks dropouts and reports each round."""
+
+        def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
+            pairs = super().configure_fit(server_round, parameters, client_manager)
+            self._global = parameters_to_ndarrays(parameters)
+            if secure:
+                check_secagg_ranges(len(pairs), clipping_range=clipping_range,
+                                    quantization_range=quantization_range, modulus_range=modulus_range)
+            drop = choose_dropouts([p.node_id for p, _ in pairs], drop_fraction, seed=drop_seed,
+                                   server_round=server_round)
+            self._dropped = tuple(sorted(drop))
+            self._num_sampled = len(pairs)
+            # FedAvg hands every client the same FitIns object: copy before marking.
+            return [
+                (p, FitIns(ins.parameters, {**ins.config, _DROP_KEY: True}) if p.node_id in drop else ins)
+                for p, ins in pairs
+            ]
+
+        def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
+            params, metrics = super().aggregate_fit(server_round, results, failures)
+            if params is None:
+                return None, {}
+            mean = parameters_to_ndarrays(params)
+            if send_deltas:
+                new = [(g.astype(np.float64) + m).astype(t) for g, m, t in zip(self._global, mean, dtypes)]
+            else:
+                new = [m.astype(t) for m, t in zip(mean, dtypes)]
+            result = RoundResult(
+                server_round=server_round,
+                arrays=[a.copy() for a in new],
+                partition_ids=tuple(sorted(int(r.metrics[_PID_KEY]) for _, r in results)),
+                # Not len(failures): SecAggPlusWorkflow (flwr 1.42) appends each stage-2
+                # error twice to its failure list.
+                num_failures=self._num_sampled - len(results),
+                secure=secure,
+                dropped_node_ids=self._dropped,
+            )
+            for sink in sinks:
+                sink.append(result)
+            if on_aggregate is not None:
+                on_aggregate(result)
+            return ndarrays_to_parameters(new), metrics
+
+    server_app = ServerApp()
+    sinks: list[list[RoundResult]] = []  # run_secagg_simulation's collectors
+    server_app._edge_gr_results = sinks  # type: ignore[attr-defined]
+    server_app._edge_gr_num_rounds = num_rounds  # type: ignore[attr-defined]
+
+    @server_app.main()
+    def _main(grid, context):  # type: ignore[no-untyped-def]
+        strategy = _Strategy(
+            fraction_fit=fraction_fit,
+            fraction_evaluate=0.0,
+            min_fit_clients=min_clients,
+            min_evaluate_clients=min_clients,
+            min_available_clients=min_clients,
+            initial_parameters=ndarrays_to_parameters(init),
+            fit_metrics_aggregation_fn=lambda _: {},
+        )
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=num_rounds), strategy=strategy)
+        fit_workflow = None
+        if secure:
+            fit_workflow = SecAggPlusWorkflow(
+                num_shares=num_shares,
+                reconstruction_threshold=reconstruction_threshold,
+                max_weight=max_weight,
+                clipping_range=clipping_range,
+                quantization_range=quantization_range,
+                modulus_range=modulus_range,
+                timeout=timeout,
+            )
+        DefaultWorkflow(fit_workflow=fit_workflow)(_ReplyTap(grid, on_reply) if on_reply else grid, legacy)
+
+    class _Client(NumPyClient):
+        def __init__(self, partition_id: int):
+            self.partition_id = partition_id
+
+        def fit(self, parameters, config):  # type: ignore[no-untyped-def]
+            arrays, n, metrics = fit_fn(self.partition_id, [a.copy() for a in parameters], dict(config))
+            if config.get(_DROP_KEY):
+                raise SimulatedDropout(f"partition {self.partition_id} dropped after local training")
+            out = [np.asarray(a) - g for a, g in zip(arrays, parameters)] if send_deltas else list(arrays)
+            if secure:
+                _check_client_update(out, n, max_weight=max_weight, clipping_range=clipping_range)
+            return out, int(n), {**metrics, _PID_KEY: self.partition_id}
+
+    def client_fn(context):  # type: ignore[no-untyped-def]
+        try:
+            pid = int(context.node_config["partition-id"])
+        except KeyError as e:
+            raise FederationError(
+                "the SuperNode has no node_config 'partition-id'",
+                hint='start it with --node-config "partition-id=I num-partitions=N"',
+            ) from e
+        return _Client(pid).to_client()
+
+    client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secure else [])
+    return server_app, client_app
+
+
+def _check_client_update(update: list[np.ndarray], num_examples: int, *, max_weight: float, clipping_range: float) -> None:
+    """Refuse what SecAgg+ would silently distort: overweight or clipped updates."""
+    if num_examples > max_weight:
+        raise FederationError(
+            f"num_examples {num_examples} exceeds SecAgg+ max_weight {max_weight} (the sum could overflow)",
+            hint="pass max_weight >= the largest num_examples any client reports",
+        )
+    peak = max((float(np.abs(a).max()) for a in update if a.size), default=0.0) * num_examples / max_weight
+    if peak > clipping_range:
+        raise FederationError(
+            f"weighted update reaches {peak:.4g}, outside SecAgg+ clipping_range {clipping_range} "
+            "(it would be clipped silently)",
+            hint="raise clipping_range, send deltas, or clip the update (DP clipping) before upload",
+        )
+
+
+class _ReplyTap:
+    """A Grid proxy that shows every reply message to ``callback`` (server-side view)."""
+
+    def __init__(self, grid: Any, callback: Callable[[Any], None]):
+        self._grid, self._callback = grid, callback
+
+    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for msg in replies:
+            self._callback(msg)
+        return replies
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+# ----------------------------------------------------------------------------- simulation
+
+
+def run_secagg_simulation(
+    server_app: Any,
+    client_app: Any,
+    *,
+    num_supernodes: int,
+    num_rounds: int | None = None,
+    num_cpus: int = 1,
+    client_num_cpus: float = 1.0,
+    verbose: bool = False,
+) -> list[RoundResult]:
+    """Run apps from :func:`make_secagg_apps` on Flower's Ray simulation backend.
+
+    Returns the :class:`RoundResult` of every round (collected on the server next to
+    any ``on_aggregate`` callback; the ServerApp runs in a thread of this process,
+    the ClientApps in Ray actors). Raises
+    :class:`FederationError` if a round produced no aggregate (SecAgg+ halted) or
+    the ServerApp failed. Restores ``PYTHONPATH``, which Flower's Ray backend
+    overwrites in this process.
+
+    Args:
+        num_supernodes: simulated phones, partition ids ``0..num_supernodes-1``.
+        num_rounds: rounds expected (to detect halted rounds); default: the apps'.
+        num_cpus: CPUs Ray may use in all; client_num_cpus: per ClientApp.
+    """
+    from flwr.simulation import run_simulation
+
+    expected = num_rounds if num_rounds is not None else getattr(server_app, "_edge_gr_num_rounds", None)
+    results: list[RoundResult] = []
+    sink = getattr(server_app, "_edge_gr_results", None)
+    if sink is None:
+        raise FederationError("server_app was not built by make_secagg_apps", hint="build it with make_secagg_apps")
+    sink.append(results)
+    saved = os.environ.get("PYTHONPATH")
+    # Flower's Ray backend hands the driver's sys.path to the actors via PYTHONPATH;
+    # put this checkout's root first too, so actors never import another copy of
+    # device_sim (e.g. an editable install pointing at a different worktree).
+    root = str(Path(__file__).resolve().parents[2])
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, saved] if saved else [root])
+    backend_config = {
+        "client_resources": {"num_cpus": client_num_cpus, "num_gpus": 0.0},
+        "init_args": {"num_cpus": num_cpus, "num_gpus": 0},
+    }
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_supernodes,
+                       backend_config=backend_config, verbose_logging=verbose)
+    except Exception as e:  # noqa: BLE001 - Flower wraps everything in RuntimeError
+        raise FederationError(
+            f"the federated simulation failed: {type(e).__name__}: {e}",
+            hint="read the Flower log above (ServerApp / ClientApp traceback)",
+        ) from e
+    finally:
+        sink.remove(results)
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    done = [r.server_round for r in results]
+    if expected is not None and done != list(range(1, expected + 1)):
+        missing = sorted(set(range(1, expected + 1)) - set(done))
+        raise FederationError(
+            f"rounds {missing} produced no aggregate (SecAgg+ halted: too few live neighbours, "
+            "or every client failed)",
+            hint="lower drop_fraction or reconstruction_threshold, raise num_shares, or read the client errors above",
+        )
+    return results
