@@ -1,0 +1,74 @@
+"""The deployment harness's *probe* Flower app: a tiny Message-API FedAvg whose
+result is known in advance, so a real SuperLink + SuperNodes run can be checked.
+
+Each client answers the round's arrays with ``arrays + (partition_id + 1)`` and
+``num-examples = partition_id + 1``; after one round from zeros the global arrays are
+the FedAvg ``sum((p+1)**2) / sum(p+1)`` everywhere (:func:`expected_probe_value`). The
+ServerApp writes the final arrays and the contributing partition ids to the JSON file
+named by the run config ``result-path`` (see ``app/pyproject.toml``).
+
+Components for ``flwr run`` (``app/pyproject.toml``)::
+
+    serverapp = "device_sim.fl.deploy_app:server_app"
+    clientapp = "device_sim.fl.deploy_app:client_app"
+
+>>> expected_probe_value(2)   # partitions 0 and 1: (1*1 + 2*2) / (1 + 2)
+1.6666666666666667
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import numpy as np  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+from flwr.serverapp.strategy import FedAvg  # noqa: E402
+
+__all__ = ["server_app", "client_app", "expected_probe_value"]
+
+server_app = ServerApp()
+client_app = ClientApp()
+
+
+def expected_probe_value(num_partitions: int, num_rounds: int = 1) -> float:
+    """Every element of the probe's global arrays after ``num_rounds`` from zeros."""
+    w = np.arange(1, num_partitions + 1, dtype=np.float64)
+    return float(num_rounds * (w * w).sum() / w.sum())
+
+
+@client_app.train()
+def _train(msg: Message, context: Context) -> Message:
+    pid = int(context.node_config["partition-id"])
+    arrays = [a + (pid + 1) for a in msg.content["arrays"].to_numpy_ndarrays()]
+    metrics = MetricRecord({"num-examples": pid + 1, "partition-id": pid})
+    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": metrics}), reply_to=msg)
+
+
+def _collect(records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """Train-metrics 'aggregation' that keeps who contributed."""
+    pids = sorted(int(m["partition-id"]) for r in records for m in r.metric_records.values())
+    return MetricRecord({"partition-ids": pids, "num-replies": len(records)})
+
+
+@server_app.main()
+def _main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    n = int(cfg["min-nodes"])
+    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n,
+                      min_available_nodes=n, train_metrics_aggr_fn=_collect)
+    size = int(cfg["array-size"])
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord([np.zeros(size)]),
+                            num_rounds=int(cfg["num-server-rounds"]), timeout=float(cfg["round-timeout"]))
+    if cfg.get("result-path"):
+        out = {
+            "arrays": [a.tolist() for a in result.arrays.to_numpy_ndarrays()],
+            "rounds": {str(r): {"partition-ids": list(m["partition-ids"]), "num-replies": int(m["num-replies"])}
+                       for r, m in result.train_metrics_clientapp.items()},
+        }
+        Path(str(cfg["result-path"])).write_text(json.dumps(out))

@@ -1,0 +1,57 @@
+"""A real deployment (issue #5): a SuperLink and 2 SuperNode processes on loopback
+complete a FedAvg round of the probe app, without installing anything."""
+
+import doctest
+import json
+
+import numpy as np
+import psutil
+import pytest
+
+from device_sim.fl import deploy, deploy_app
+from device_sim.fl.deploy import PROBE_APP_DIR, FederationError, LocalFederation
+from device_sim.fl.deploy_app import expected_probe_value
+
+
+@pytest.mark.parametrize("module", [deploy, deploy_app])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def _gone(pids):
+    return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+
+
+@pytest.mark.timeout(180)
+def test_superlink_and_two_supernodes_complete_a_round(tmp_path):
+    result_path = tmp_path / "result.json"
+    with LocalFederation(num_supernodes=2, workdir=tmp_path / "fed") as fed:
+        res = fed.run(PROBE_APP_DIR, run_config={"result-path": str(result_path), "min-nodes": 2}, timeout=150)
+        tag_pids = [p.pid for p in deploy._tagged_processes(psutil, fed._tag).values()]
+        pids = fed.pids + tag_pids
+        assert len(tag_pids) >= 1 + 2 + 3  # superlink, 2 supernodes and their 3 superexec helpers
+    assert res.status == "finished:completed" and res.install_attempts == ()
+    out = json.loads(result_path.read_text())
+    assert out["rounds"]["1"] == {"partition-ids": [0, 1], "num-replies": 2}  # both SuperNodes contributed
+    np.testing.assert_allclose(out["arrays"][0], np.full(4, expected_probe_value(2)), rtol=1e-12)
+    assert _gone(pids)  # torn down, detached helpers included
+    assert "--disable-runtime-dependency-installation" not in res.output  # sanity: output is the ServerApp log
+    assert "Starting FedAvg strategy" in res.output
+
+
+@pytest.mark.timeout(120)
+def test_failing_run_raises_with_logs_and_tears_down(tmp_path):
+    with pytest.raises(FederationError) as info:
+        with LocalFederation(num_supernodes=2, workdir=tmp_path / "fed") as fed:
+            pids = fed.pids
+            fed.run(PROBE_APP_DIR, run_config={"array-size": -1}, timeout=100)  # the ServerApp raises
+    message = str(info.value)
+    assert "finished:failed" in message and "superlink.log (tail)" in message and "supernode-1.log (tail)" in message
+    assert _gone(pids)
+
+
+def test_app_dir_without_pyproject_is_refused_before_running(tmp_path):
+    fed = LocalFederation(num_supernodes=2)
+    with pytest.raises(FederationError, match="not running"):
+        fed.run(tmp_path)
