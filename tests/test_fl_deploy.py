@@ -55,3 +55,22 @@ def test_app_dir_without_pyproject_is_refused_before_running(tmp_path):
     fed = LocalFederation(num_supernodes=2)
     with pytest.raises(FederationError, match="not running"):
         fed.run(tmp_path)
+
+
+@pytest.mark.slow  # ~40 s: every SecAgg+ stage starts a flwr-clientapp process per node
+@pytest.mark.timeout(180)
+def test_secagg_round_over_real_supernodes(tmp_path):
+    from device_sim.fl.deploy_app import SECAGG_PROBE_FIT, secagg_probe_initial_arrays
+    from device_sim.fl.secagg import fedavg, secagg_tolerance
+
+    result_path = tmp_path / "result.json"
+    with LocalFederation(num_supernodes=3, workdir=tmp_path / "fed") as fed:
+        res = fed.run(PROBE_APP_DIR.parent / "secagg_probe", timeout=150,
+                      run_config={"result-path": str(result_path), "min-nodes": 3, "num-server-rounds": 1})
+    assert res.status == "finished:completed" and res.install_attempts == ()
+    [r] = json.loads(result_path.read_text())
+    assert r["secure"] and r["partition-ids"] == [0, 1, 2] and r["num-failures"] == 0
+    outs = [SECAGG_PROBE_FIT(p, secagg_probe_initial_arrays(), {}) for p in range(3)]
+    want = fedavg([o[0] for o in outs], [o[1] for o in outs])
+    tol = secagg_tolerance([o[1] for o in outs], max_abs_update=0.1, max_weight=2)
+    assert max(float(np.abs(np.array(a) - w).max()) for a, w in zip(r["arrays"], want, strict=True)) <= tol

@@ -5,12 +5,18 @@ Each client answers the round's arrays with ``arrays + (partition_id + 1)`` and
 ``num-examples = partition_id + 1``; after one round from zeros the global arrays are
 the FedAvg ``sum((p+1)**2) / sum(p+1)`` everywhere (:func:`expected_probe_value`). The
 ServerApp writes the final arrays and the contributing partition ids to the JSON file
-named by the run config ``result-path`` (see ``app/pyproject.toml``).
+named by the run config ``result-path`` (see ``apps/probe/pyproject.toml``).
 
-Components for ``flwr run`` (``app/pyproject.toml``)::
+Components for ``flwr run`` (``apps/probe/pyproject.toml``)::
 
     serverapp = "device_sim.fl.deploy_app:server_app"
     clientapp = "device_sim.fl.deploy_app:client_app"
+
+The SecAgg+ probe (``apps/secagg_probe/pyproject.toml``) runs
+:func:`device_sim.fl.secagg.make_secagg_apps` over :func:`~device_sim.fl.secagg.synthetic_fit_fn`
+updates on real SuperNodes (``secagg_server_app`` / ``secagg_client_app``) and writes the
+:class:`~device_sim.fl.secagg.RoundResult` of every round to ``result-path``; the global
+arrays start at :func:`secagg_probe_initial_arrays`.
 
 >>> expected_probe_value(2)   # partitions 0 and 1: (1*1 + 2*2) / (1 + 2)
 1.6666666666666667
@@ -30,7 +36,17 @@ from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
-__all__ = ["server_app", "client_app", "expected_probe_value"]
+from device_sim.fl.secagg import make_secagg_apps, synthetic_fit_fn  # noqa: E402
+
+__all__ = [
+    "server_app",
+    "client_app",
+    "expected_probe_value",
+    "secagg_server_app",
+    "secagg_client_app",
+    "secagg_probe_initial_arrays",
+    "SECAGG_PROBE_FIT",
+]
 
 server_app = ServerApp()
 client_app = ClientApp()
@@ -72,3 +88,36 @@ def _main(grid: Grid, context: Context) -> None:
                        for r, m in result.train_metrics_clientapp.items()},
         }
         Path(str(cfg["result-path"])).write_text(json.dumps(out))
+
+
+# ----------------------------------------------------------------------------- SecAgg+ probe
+
+#: The SecAgg+ probe's local "training" (deterministic; the test recomputes it).
+SECAGG_PROBE_FIT = synthetic_fit_fn(scale=0.1, max_examples=2)
+
+
+def secagg_probe_initial_arrays() -> list[np.ndarray]:
+    """The SecAgg+ probe's round-1 global arrays."""
+    return [np.linspace(-1.0, 1.0, 12).reshape(3, 4), np.ones(5)]
+
+
+# The client side of make_secagg_apps needs only the fit function and the ranges.
+_, secagg_client_app = make_secagg_apps(SECAGG_PROBE_FIT, num_rounds=1, initial_arrays=secagg_probe_initial_arrays(),
+                                        min_clients=2, max_weight=2)
+secagg_server_app = ServerApp()
+
+
+@secagg_server_app.main()
+def _secagg_main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    results = []
+    inner, _ = make_secagg_apps(
+        SECAGG_PROBE_FIT, num_rounds=int(cfg["num-server-rounds"]), initial_arrays=secagg_probe_initial_arrays(),
+        min_clients=int(cfg["min-nodes"]), max_weight=2, timeout=float(cfg["stage-timeout"]),
+        on_aggregate=results.append)
+    inner(grid=grid, context=context)
+    if cfg.get("result-path"):
+        Path(str(cfg["result-path"])).write_text(json.dumps([
+            {"server-round": r.server_round, "arrays": [a.tolist() for a in r.arrays],
+             "partition-ids": list(r.partition_ids), "num-failures": r.num_failures, "secure": r.secure}
+            for r in results]))
