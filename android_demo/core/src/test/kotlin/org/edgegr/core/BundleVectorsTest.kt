@@ -87,3 +87,28 @@ class ManifestTest {
         assertEquals("vectors-1", loadManifest(broken, verify = false).modelVersion)
     }
 }
+
+/** [RecBundle.open] reads the catalogue (titles with non-ASCII and escapes) and the popularity list as Python wrote them. */
+class RecBundleTest {
+    @Test
+    fun opensTheVectorBundle() {
+        val b = RecBundle.open(File(Vectors.dir, "bundle"))
+        val want = File(Vectors.dir, "bundle/catalogue.jsonl").readLines().filter { it.isNotBlank() }.map { Json.parse(it).obj() }
+        assertEquals(want.map { it["id"] }, b.titles.keys.toList())
+        assertEquals(want.map { it["title"] }, b.titles.values.toList())
+        assertEquals("東京物語 — \"Tokyo Story\"", b.titles["item-02"])
+        assertEquals("tab\tand \\ backslash", b.titles["item-03"])
+        assertEquals(Json.parse(File(Vectors.dir, "bundle/popularity.json").readText()), b.recommender.popularity)
+        assertEquals(File(Vectors.dir, "bundle/variants/executorch-int4/model.pte"), b.file(b.manifest.variant("executorch-int4"), "program"))
+    }
+
+    @Test
+    fun refusesACorruptedBundleBeforeReadingIt() {
+        try {
+            RecBundle.open(File(Vectors.dir, "cases/sha256-mismatch"))
+            fail("a corrupted bundle was opened")
+        } catch (e: BundleError) {
+            assertEquals("catalogue.jsonl does not match its sha256 in the manifest (corrupted)", e.msg)
+        }
+    }
+}
