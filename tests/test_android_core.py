@@ -70,3 +70,11 @@ def test_kotlin_core_agrees_with_python_runtime():
     assert r.returncode == 0, out[-6000:]
     m = re.fullmatch(r"(\d+) passed, 0 failed", last)
     assert m and int(m.group(1)) >= 50, out[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("kotlinc") is None or shutil.which("javac") is None,
+                    reason="needs Debian's kotlin package and a JDK: apt-get install -y kotlin (.ci/run installs it)")
+def test_android_app_sources_type_check_against_stubs():
+    """Not an Android build: the app's Kotlin against hand-written stubs of the Android/ExecuTorch members it uses."""
+    r = subprocess.run(["bash", str(ROOT / "android_demo/app/typecheck/typecheck.sh")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "type-check against the stubs: ok" in r.stdout, (r.stdout + r.stderr)[-6000:]
