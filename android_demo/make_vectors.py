@@ -18,12 +18,13 @@ temporary folder on every run, so the two sides cannot drift apart.
 Layout of DIR::
 
     bundle/            a valid rec bundle (manifest, ids.json, catalogue.jsonl, popularity.json, 3 placeholder .pte)
-    search.json        {"queries": [{"name", "history", "k", "beam", "src", "expected": [[id, score]...],
+    search.json        {"bundle": "bundle", "queries": [{"name", "history", "k", "beam", "src", "expected": [[id, score]...],
                          "logits": [[decoder ids (BOS, 1+offset+code ...)], [V raw float32 logits]]...}], "trie": ...}
     beam.json          direct edge_gr.decode.beam_search cases (batch, padding): logp by code prefix -> items, scores
     policy.json        {"traces": [{"name", "config", "states": [...], "expected": [[variant, tier, since]...]}]}
     bundle_cases.json  {"cases": [{"name", "path", "error": str(BundleError) | null, "compare": "exact" | "prefix"}]}
     cases/<name>/      the corrupted bundle copies
+    search-real.json   with --real: the same as search.json for real-bundle/ (a trained model, ExecuTorch fp32)
 """
 
 from __future__ import annotations
@@ -166,8 +167,62 @@ def search_vectors(bundle: Path) -> dict:
                     "expected": [[h.item_id, _f(h.score)] for h in hits],
                     "logits": [[list(key), [_f(v) for v in row]] for key, row in sorted(rec.items())]})
     trie = r.ids.trie()
-    return {"levels": list(LEVELS), "max_len": MAX_LEN, "queries": out,
+    return {"bundle": bundle.name, "levels": list(LEVELS), "max_len": MAX_LEN, "queries": out,
             "trie": [t.tolist() for t in trie.children], "items": r.ids.items, "codes": r.ids.codes.tolist()}
+
+
+# -- search with a real model (--real): trained here, exported with ExecuTorch ------------------------------
+REAL_QUERIES = [  # name, history, k, beam
+    ("walk-by-1", ["i0", "i1", "i2", "i3"], 10, 20),
+    ("walk-by-2", ["i4", "i6", "i8", "i10"], 5, 10),
+    ("longer-than-max-len", [f"i{j % 30}" for j in range(7, 7 + 15)], 10, 20),
+    ("with-unknown", ["i20", "zzz", "i21"], 3, 3),
+    ("all-items", ["i29"], 30, 30),
+    ("empty-history", [], 5, 20),
+]
+
+
+def real_search_vectors(out: Path) -> dict:
+    """A tiny rec model trained here (seconds) and exported as an ExecuTorch fp32 bundle - the
+    ``.pte`` with methods ``encode``/``decode`` that the Android app loads - searched by
+    ``edge_gr.load(...).search``; every decoder row the runtime reads is recorded from the real
+    ExecuTorch session. Needs torch and executorch (the project's dev install); ~1-2 min on 2 cores."""
+    from server.data.base import Item, RecData
+    from server.export.bundle import export_bundle
+    from server.model import GRConfig
+    from server.semantic_ids import build_ids
+    from server.train import TrainConfig, train_rec
+
+    import edge_gr
+
+    n = 30
+    items = [Item(f"i{j}", f"item {j}") for j in range(n)]
+    data = RecData("toy", items, {f"u{u}": [f"i{(u + (1 + u % 2) * t) % n}" for t in range(12)] for u in range(120)})
+    ids = build_ids([f"i{j}" for j in range(n)], np.random.default_rng(0).normal(size=(n, 8)).astype("float32"), levels=(4, 4))
+    gm, _ = train_rec(data.split(), data.items, ids, GRConfig(d_model=32, n_heads=2, max_len=12, dropout=0.0, n_enc_layers=1, n_dec_layers=2),
+                      TrainConfig(epochs=5, batch_size=32, lr=5e-3, eval_queries=20, beam=10, patience=50, progress=False, warmup_steps=10, seed=0))
+    bundle = export_bundle(gm, out / "real-bundle", [("executorch", "fp32")], model_version="vectors-real")
+    r = edge_gr.load(bundle, backend="executorch")
+    session = r._model.session
+    decode = session.decode
+    recorded: dict[tuple, np.ndarray] = {}
+
+    def recording_decode(prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray:
+        logits = decode(prefix, enc)
+        for b in range(prefix.shape[1]):
+            l = int((prefix[0, b, 1:] != 0).sum())  # codes in this beam's prefix: the position the runtime reads
+            recorded[tuple(int(v) for v in prefix[0, b, :l + 1])] = logits[0, b, l]
+        return logits
+
+    session.decode = recording_decode
+    queries = []
+    for name, history, k, beam in REAL_QUERIES:
+        recorded.clear()
+        hits = r.search(history, k, beam=beam)
+        queries.append({"name": name, "history": history, "k": k, "beam": beam, "src": [int(v) for v in r._rec_src([history])[0]],
+                        "expected": [[h.item_id, _f(h.score)] for h in hits],
+                        "logits": [[list(key), [_f(v) for v in row]] for key, row in sorted(recorded.items())]})
+    return {"bundle": bundle.name, "levels": list(r.levels), "max_len": r.max_len, "queries": queries}
 
 
 # -- beam search alone: batches, padding, -inf scores ---------------------------------------------
@@ -306,7 +361,8 @@ def bundle_cases(bundle: Path, out: Path) -> dict:
     return {"cases": cases}
 
 
-def write_vectors(out: str | Path) -> Path:
+def write_vectors(out: str | Path, *, real: bool = False) -> Path:
+    """Write every vector set into ``out`` (recreated); ``real=True`` adds search-real.json (a trained, exported model)."""
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -316,13 +372,17 @@ def write_vectors(out: str | Path) -> Path:
     (out / "beam.json").write_text(json.dumps(beam_vectors()))
     (out / "policy.json").write_text(json.dumps(policy_vectors()))
     (out / "bundle_cases.json").write_text(json.dumps(bundle_cases(bundle, out / "cases"), ensure_ascii=False))
+    if real:
+        (out / "search-real.json").write_text(json.dumps(real_search_vectors(out)))
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder to (re)create with the vectors")
-    write_vectors(ap.parse_args(argv).out)
+    ap.add_argument("--real", action="store_true", help="also train a tiny model, export it with ExecuTorch and record its logits (1-2 min)")
+    args = ap.parse_args(argv)
+    write_vectors(args.out, real=args.real)
 
 
 if __name__ == "__main__":

@@ -60,16 +60,33 @@ def test_policy_traces_switch_variants(vectors):
             assert len({v for v, _, _ in t["expected"]}) >= 2, t["name"]
 
 
-@pytest.mark.skipif(shutil.which("kotlinc") is None or not Path("/usr/share/java/junit4.jar").is_file(),
-                    reason="needs Debian's kotlin and junit4 packages: apt-get install -y kotlin junit4 (.ci/run installs them)")
-def test_kotlin_core_agrees_with_python_runtime():
+needs_kotlin = pytest.mark.skipif(shutil.which("kotlinc") is None or not Path("/usr/share/java/junit4.jar").is_file(),
+                                  reason="needs Debian's kotlin and junit4 packages: apt-get install -y kotlin junit4 (.ci/run installs them)")
+
+
+def _run_kotlin_tests(**env) -> str:
     r = subprocess.run(["bash", str(ROOT / "android_demo/core/run_tests.sh")], capture_output=True, text=True, timeout=1200,
-                       env={**os.environ, "PYTHON": sys.executable})
+                       env={**os.environ, "PYTHON": sys.executable, **env})
     out = r.stdout + r.stderr
     last = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
     assert r.returncode == 0, out[-6000:]
     m = re.fullmatch(r"(\d+) passed, 0 failed", last)
     assert m and int(m.group(1)) >= 50, out[-3000:]
+    return r.stdout
+
+
+@needs_kotlin
+def test_kotlin_core_agrees_with_python_runtime():
+    out = _run_kotlin_tests()
+    assert "ok   agreesWithPythonRuntime[search/ties]" in out
+
+
+@pytest.mark.slow
+@needs_kotlin
+def test_kotlin_core_agrees_with_a_real_executorch_bundle():
+    """A tiny model trained and exported with ExecuTorch here; its real decoder logits replayed in Kotlin (~2 min)."""
+    out = _run_kotlin_tests(EDGE_GR_REAL_VECTORS="1")
+    assert out.count("ok   agreesWithPythonRuntime[search-real/") == 6, out[-3000:]
 
 
 @pytest.mark.skipif(shutil.which("kotlinc") is None or shutil.which("javac") is None,

@@ -7,6 +7,8 @@
 # project's Python (PYTHON, default: .venv/bin/python of the repo, else python3). Compiles the
 # core and its tests once into android_demo/core/build/ (reused while no source changed), writes
 # the vectors into a temporary folder (EDGE_GR_VECTORS=DIR keeps them there instead), runs JUnit.
+# EDGE_GR_REAL_VECTORS=1 adds vectors from a tiny model trained and exported with ExecuTorch
+# here (make_vectors.py --real: 1-2 min more on 2 cores; needs torch + executorch).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -30,7 +32,9 @@ else
   vectors="$(mktemp -d "${TMPDIR:-/tmp}/edge-gr-vectors.XXXXXX")"
   trap 'rm -rf "$vectors"' EXIT
 fi
-(cd "$repo" && "$PYTHON" android_demo/make_vectors.py --out "$vectors")
+real=()
+[ "${EDGE_GR_REAL_VECTORS:-0}" = 1 ] && real=(--real)
+(cd "$repo" && "$PYTHON" android_demo/make_vectors.py --out "$vectors" "${real[@]}")
 
 # 2. compile (kotlinc is slow on small machines: skip when the jar is newer than every source)
 build="$here/build"

@@ -15,19 +15,24 @@ import java.io.File
  * bundle, with the decoder replayed from the logits the Python runtime computed.
  */
 @RunWith(Parameterized::class)
-class SearchVectorsTest(private val name: String, private val q: Map<String, Any?>) {
+class SearchVectorsTest(private val name: String, private val bundleDir: File, private val q: Map<String, Any?>) {
     companion object {
-        private val doc by lazy { Vectors.json("search.json") }
-        private val bundle by lazy { File(Vectors.dir, "bundle") }
-        private val manifest by lazy { loadManifest(bundle) }
-        private val ids by lazy { SemanticIds.load(File(bundle, manifest.files.getValue("ids").path)) }
-        private val popularity by lazy {
-            Json.parse(File(bundle, manifest.files.getValue("popularity").path).readText()).list().map { it as String }
-        }
+        private val bundles = HashMap<File, RecBundle>()
 
+        /** search.json (synthetic logits) and, when make_vectors.py ran with --real, search-real.json (a trained ExecuTorch model). */
         @JvmStatic
         @Parameterized.Parameters(name = "{0}")
-        fun queries(): Collection<Array<Any>> = doc["queries"].list().map { arrayOf<Any>(it.obj()["name"] as String, it.obj()) }
+        fun queries(): Collection<Array<Any>> {
+            val files = Vectors.dir.listFiles { f -> f.name.startsWith("search") && f.name.endsWith(".json") }!!.sortedBy { it.name }
+            return files.flatMap { f ->
+                val doc = Vectors.json(f.name)
+                val dir = File(Vectors.dir, doc["bundle"] as String)
+                doc["queries"].list().map { arrayOf<Any>(f.name.removeSuffix(".json") + "/" + it.obj()["name"], dir, it.obj()) }
+            }
+        }
+
+        @Synchronized
+        fun bundle(dir: File): RecBundle = bundles.getOrPut(dir) { RecBundle.open(dir) }
     }
 
     /** Decoder replay: logits keyed by the decoder ids up to the position read. */
@@ -59,11 +64,13 @@ class SearchVectorsTest(private val name: String, private val q: Map<String, Any
         val src = q["src"].list().map { (it as Number).toLong() }.toLongArray()
         val history = q["history"].list().map { it as String }
         val model = Replay(name, src, rows)
-        val rec = Recommender(ids, manifest.runtime.maxLen, popularity)
-        val hits = rec.search(model, history, k = q["k"].int(), beam = q["beam"].int())
+        val b = bundle(bundleDir)
+        val ids = b.ids
+        val maxLen = b.manifest.runtime.maxLen
+        val hits = b.recommender.search(model, history, k = q["k"].int(), beam = q["beam"].int())
         val expected = q["expected"].list().map { it.list() }
 
-        assertArrayEquals("$name: encoder input", src, recSource(history, ids, manifest.runtime.maxLen))
+        assertArrayEquals("$name: encoder input", src, recSource(history, ids, maxLen))
         assertEquals("$name: item ids", expected.map { it[0] as String }, hits.map { it.itemId })
         for ((i, h) in hits.withIndex()) {
             val want = expected[i][1].num()
@@ -84,7 +91,7 @@ class TrieVectorsTest {
     @Test
     fun sameTablesAsPython() {
         val doc = Vectors.json("search.json")
-        val ids = SemanticIds.load(File(Vectors.dir, "bundle/ids.json"))
+        val ids = SemanticIds.load(File(Vectors.dir, doc["bundle"] as String + "/ids.json"))
         assertEquals(doc["items"].list(), ids.items)
         val want = doc["trie"].list()
         assertEquals(want.size, ids.trie.children.size)
