@@ -1,7 +1,7 @@
 """android_demo (issue #7): the Python side of the shared vectors, and the Kotlin core's JVM tests on them.
 
 The Kotlin tests need Debian's ``kotlin`` and ``junit4`` packages (``.ci/run`` installs them);
-without ``kotlinc`` that one test is skipped, the vector checks still run.
+without ``kotlinc`` those tests are skipped (with the reason), the Python-side vector checks still run.
 """
 
 import json
