@@ -1,0 +1,17 @@
+package org.edgegr.core
+
+/**
+ * The edge-gr error hierarchy, mirrored from `edge_gr/errors.py`: every error says what went
+ * wrong *and what to do about it* (`message`, `hint`), and prints as "MESSAGE. To fix: HINT".
+ */
+open class EdgeGRError(val msg: String, val hint: String? = null) :
+    Exception(if (hint != null) "$msg. To fix: $hint" else msg)
+
+/** A request (history, k, beam, device reading) cannot be served as given. */
+open class InputError(msg: String, hint: String? = null) : EdgeGRError(msg, hint)
+
+/** A saved artifact (semantic IDs) has the wrong format or version. */
+open class FormatError(msg: String, hint: String? = null) : EdgeGRError(msg, hint)
+
+/** A device bundle is incomplete, corrupted or of an unsupported version. */
+class BundleError(msg: String, hint: String? = null) : FormatError(msg, hint)
