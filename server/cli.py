@@ -345,7 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.cli import add_parser as add_export
 
     add_export(sub)
+    _add_plugins(sub)
     return p
+
+
+def _add_plugins(sub) -> None:
+    # Packages layered on top of server/ (device_sim: `edge-gr fleet`, `edge-gr fl`) register
+    # their subcommands through the "edge_gr.cli" entry-point group, so server never imports them.
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="edge_gr.cli"):
+        try:
+            add = ep.load()
+        except ImportError as e:  # a broken optional plugin must not take the whole CLI down
+            print(f"edge-gr: warning: subcommands of {ep.value} unavailable ({e})", file=sys.stderr)
+            continue
+        add(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

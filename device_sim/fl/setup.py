@@ -1,0 +1,120 @@
+"""The federated experiment's fixed parts: the cloud-trained base model, who holds
+which data, per-device records and the held-out evaluation.
+
+``prepare(FLData(...))`` trains (or loads from its cache) the base recommender on the
+cloud's share of MovieLens (see :class:`~device_sim.fl.records.FederatedSplit`) and
+returns an :class:`FLSetup` every part of the simulation shares.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from server.model import GRConfig
+from server.train import TrainConfig
+
+from .adapters import AdapterConfig, add_adapters, set_adapter
+from .records import FederatedSplit, device_records, split_for_federation
+
+__all__ = ["FLData", "FLSetup", "prepare", "ndcg_eval"]
+
+
+@dataclass
+class FLData:
+    """What to federate over and the base model to start from."""
+
+    dataset: str = "ml-1m"                 # ml-1m | ml-100k
+    max_users: int | None = None           # first N users (None = all 6,040)
+    cloud_fraction: float = 0.5            # share of each training history the cloud logged
+    levels: tuple[int, ...] = (64, 64, 64)
+    collab_dim: int = 64
+    model: GRConfig = field(default_factory=lambda: GRConfig(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2,
+                                                               max_len=50, dropout=0.2))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=128, lr=2e-3, eval_queries=500,
+                                                                   patience=4, max_minutes=15.0, threads=2))
+
+    def key(self) -> str:
+        import hashlib
+
+        d = asdict(self)
+        d["train"].pop("progress", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class FLSetup:
+    gm: object                      # server.generative.GenerativeModel (the frozen base)
+    split: FederatedSplit
+    codes: np.ndarray               # (n_items, L) semantic codes of item rows 1..n
+    row: dict[str, int]             # item id -> 1-based row
+    users: list[str]
+
+    def device_rows(self, user: str) -> list[int]:
+        return [self.row[i] for i in self.split.device_history(user) if i in self.row]
+
+    def records(self, user: str, max_len: int | None = None, max_records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The device-only records of ``user`` (targets past the cloud cut; context = whole history)."""
+        rows = self.device_rows(user)
+        start = min(self.split.device_start(user), len(rows))
+        return device_records(rows, self.codes, max_len or self.gm.model.cfg.max_len, start=max(start, 1),
+                              max_records=max_records)
+
+    def adapted_model(self, acfg: AdapterConfig):
+        """A private copy of the base GenerativeModel with (zero) adapters."""
+        gm = copy.copy(self.gm)
+        gm.model = add_adapters(copy.deepcopy(self.gm.model), acfg).eval()
+        return gm
+
+
+def prepare(d: FLData, cache: str | Path | None = ".cache/edge_gr/fl", progress: bool = True) -> FLSetup:
+    """Load the data, split it cloud/device and train (or load) the base model."""
+    from server.data.base import RecData
+    from server.generative import GenerativeModel
+    from server.pipeline import RecPreset, load_rec_data, rec_ids
+    from server.train import train_rec
+
+    data = load_rec_data(RecPreset(dataset=d.dataset, max_users=d.max_users))
+    fsplit = split_for_federation(data.split(), d.cloud_fraction)
+    cloud = RecData(data.name + "-cloud", data.items, {u: fsplit.cloud_history(u) for u in fsplit.train})
+    cloud_split = cloud.split(min_len=3)
+    path = Path(cache) / d.key() / "base" if cache else None
+    if path is not None and (path / "weights.safetensors").exists() or (path is not None and any(path.glob("*"))):
+        try:
+            gm = GenerativeModel.load(path)
+        except Exception:  # a stale or partial cache: retrain
+            gm = None
+    else:
+        gm = None
+    if gm is None:
+        ids = rec_ids(cloud, cloud_split, RecPreset(dataset=d.dataset, levels=d.levels, collab_dim=d.collab_dim))
+        mcfg = GRConfig(**{**d.model.to_dict(), "levels": tuple(d.model.levels)})
+        gm, _ = train_rec(cloud_split, data.items, ids, mcfg, TrainConfig(**{**asdict(d.train), "progress": progress}))
+        if path is not None:
+            gm.save(path)
+    gm.model.eval()
+    row = {it: i + 1 for i, it in enumerate(gm.ids.items)}
+    return FLSetup(gm=gm, split=fsplit, codes=np.asarray(gm.ids.codes), row=row, users=sorted(fsplit.train))
+
+
+def ndcg_eval(setup: FLSetup, gm, users: Sequence[str], arrays: Mapping[str, np.ndarray] | None = None,
+              beam: int = 20, per_user: bool = False) -> dict:
+    """Held-out next-item NDCG@10 / Recall@10 of ``gm`` (optionally loaded with ``arrays``)."""
+    from server.metrics import rank_metrics
+
+    if arrays is not None:
+        set_adapter(gm.model, arrays)
+    hist = [setup.split.test_history(u) for u in users]
+    ranked = gm.rank(hist, 10, beam=beam)
+    ids = [[i for i, _ in r] for r in ranked]
+    rel = [{setup.split.test[u]} for u in users]
+    out = rank_metrics(ids, rel)
+    if per_user:
+        out["per_user"] = [rank_metrics([a], [b])["ndcg@10"] for a, b in zip(ids, rel)]
+    return out
