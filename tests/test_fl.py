@@ -138,7 +138,8 @@ def test_mode_costs_arithmetic():
         assert c["hybrid"]["latency_ms"][tier] == c["on-device"]["latency_ms"][tier]
         assert c["hybrid"]["battery_pct_h"][tier] > c["on-device"]["battery_pct_h"][tier]
     assert c["on-device"]["network_mb_day"] == 0.2
-    assert c["cloud-only"]["network_mb_day"] == pytest.approx(30 * (300 + 500 + u.http_overhead_bytes) / 1e6)
+    assert c["cloud-only"]["network_mb_day"] == pytest.approx(0.75 * 30 * (300 + 500 + u.http_overhead_bytes) / 1e6)
+    assert c["hybrid"]["network_mb_day"] == pytest.approx(c["cloud-only"]["network_mb_day"] + 0.2)
     assert c["hybrid"]["ndcg@10"] == pytest.approx(0.75 * 0.10 + 0.25 * 0.08)
     run = {"nodes": 100, "spec": {"clients_per_round": 10}, "rounds": [
         {"replies": [{"metrics": {"energy-j": 2.0, "cpu-s": 0.5, "bytes-down": 1000.0}, "arrays": {"a": [1]}, "wire_bytes": 3000},

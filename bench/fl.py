@@ -1,0 +1,90 @@
+"""Issue #5 benchmark: federated personalization over simulated MovieLens-1M phones.
+
+Runs the main experiment (default 1,000 devices x 10 rounds x 50 clients, record-level
+epsilon 1 per device, with every baseline), the DP sweep (epsilon 0.5 / 4 / no DP:
+global-model curve only unless --sweep-baselines) and optionally the 6,040-device run;
+writes bench/results/fl.{json,md,png} and the cloud-vs-edge report next to them.
+
+    .venv/bin/python bench/fl.py                       # main + sweep (~1 h on 2 shared cores)
+    .venv/bin/python bench/fl.py --all-users           # also the 6,040-device run
+    .venv/bin/python bench/fl.py --only main
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--sweep", default="0.5,4,none", help="other epsilons to run (global-model curve)")
+    ap.add_argument("--sweep-baselines", action="store_true")
+    ap.add_argument("--all-users", action="store_true", help="also run all 6,040 users (no baselines)")
+    ap.add_argument("--only", choices=["main", "sweep", "all-users"], default=None)
+    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--local-steps", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args(argv)
+
+    from device_sim.fl.flower import FLSpec
+    from device_sim.fl.local import DPConfig, LocalConfig
+    from device_sim.fl.report import write_report
+    from device_sim.fl.simulate import run_federated
+
+    out = Path(args.out)
+    runs_dir = out / "fl_runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    res_path = out / "fl.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {"runs": {}}
+
+    def spec(eps, devices, tag):
+        return FLSpec(num_devices=devices, rounds=args.rounds, clients_per_round=args.clients,
+                      local=LocalConfig(steps=args.local_steps, lr=args.lr, dp=DPConfig(target_epsilon=eps)),
+                      result_path=str(runs_dir / f"{tag}.json"))
+
+    def run(tag, eps, devices, baselines):
+        t0 = time.time()
+        r = run_federated(spec(eps, devices, tag), baselines=baselines)
+        r.pop("final_arrays", None)
+        r["label"] = f"epsilon={eps if eps is not None else 'none'}"
+        r["wall_s"] = time.time() - t0
+        results["runs"][tag] = r
+        results["machine"] = f"{platform.machine()} {platform.processor() or ''} 2 shared cores (see README)".strip()
+        results["date"] = datetime.date.today().isoformat()
+        res_path.write_text(json.dumps(results))
+        print(f"{tag}: {r['wall_s']:.0f} s, simulation {r['timing']['simulation_s']:.0f} s", flush=True)
+
+    if args.only in (None, "main"):
+        run("main-eps1", 1.0, args.devices, True)
+    if args.only in (None, "sweep"):
+        for e in args.sweep.split(","):
+            eps = None if e.strip() == "none" else float(e)
+            run(f"sweep-eps{e.strip()}", eps, args.devices, args.sweep_baselines)
+    if args.all_users or args.only == "all-users":
+        run("all-users-eps1", 1.0, None, False)
+
+    order = ["main-eps1"] + [k for k in results["runs"] if k.startswith("sweep")] + [k for k in results["runs"] if k.startswith("all")]
+    runs = {results["runs"][k]["label"] + (" (6040 dev)" if k.startswith("all") else ""): results["runs"][k] for k in order if k in results["runs"]}
+    md = write_report(runs, out / "fl_report")
+    (out / "fl.md").write_text(md)
+    import shutil
+
+    shutil.copy(out / "fl_report" / "report.png", out / "fl.png")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

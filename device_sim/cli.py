@@ -1,0 +1,116 @@
+"""``edge-gr fleet simulate`` and ``edge-gr fl run`` (registered on the ``edge-gr`` CLI
+through the ``edge_gr.cli`` entry point, so ``server`` never imports ``device_sim``).
+
+    edge-gr fl run --devices 1000 --rounds 10 --clients 50 --epsilon 1 --out .cache/edge_gr/fl/run1
+    edge-gr fleet simulate --devices 1000 --hours 24 --fl-run .cache/edge_gr/fl/run1/run.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["add_parsers"]
+
+
+def _eps(s: str):
+    if s.lower() in ("none", "off", "inf"):
+        return None
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--epsilon takes a number or 'none', got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("--epsilon must be > 0 (or 'none' for no DP)")
+    return v
+
+
+def _spec(args):
+    from dataclasses import replace
+
+    from .fl.flower import FLSpec
+    from .fl.local import DPConfig, LocalConfig
+    from .fl.setup import FLData
+
+    data = FLData(dataset=args.data)
+    local = LocalConfig(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr,
+                        dp=DPConfig(target_epsilon=args.epsilon, max_participations=args.max_participations))
+    cdp = {"noise_multiplier": args.central_noise, "clipping_norm": args.central_clip} if args.central_noise else None
+    out = Path(args.out)
+    return FLSpec(data=data, local=local, num_devices=args.devices, rounds=args.rounds, clients_per_round=args.clients,
+                  min_clients=min(args.min_clients, args.clients), drop_prob=args.drop, central_dp=cdp,
+                  eval_users=args.eval_users, seed=args.seed, result_path=str(out / "run.json"))
+
+
+def cmd_fl_run(args) -> None:
+    from .fl.report import write_report
+    from .fl.simulate import run_federated
+
+    spec = _spec(args)
+    if args.secagg:
+        from .fl.simulate import run_secagg
+
+        res = run_secagg(spec, clients=args.clients, drop_fraction=args.drop)
+        res.pop("final_arrays", None)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "secagg.json").write_text(json.dumps(res, indent=1))
+        for r in res["rounds"]:
+            print(f"round {r['round']}: {len(r['partitions'])} reports, {r['dropped']} dropped, NDCG@10 {r['ndcg@10']:.4f}")
+        print(f"wrote {args.out}/secagg.json ({res['seconds']:.0f} s)")
+        return
+    out = run_federated(spec, personal_users=args.personal_users, baselines=not args.no_baselines)
+    md = write_report({f"epsilon={args.epsilon}": out}, Path(args.out))
+    print(md)
+    print(f"wrote {args.out}/run.json, report.md, report.png")
+
+
+def cmd_fleet_simulate(args) -> None:
+    from .fl.report import fleet_day
+
+    res = fleet_day(dataset=args.data, devices=args.devices, hours=args.hours, fl_run=args.fl_run, seed=args.seed)
+    print(res["markdown"])
+    if args.out:
+        p = Path(args.out)
+        p.mkdir(parents=True, exist_ok=True)
+        (p / "fleet.json").write_text(json.dumps(res, indent=1))
+        print(f"wrote {p / 'fleet.json'}")
+
+
+def add_parsers(sub) -> None:
+    """Register ``fleet`` and ``fl`` on the ``edge-gr`` sub-parsers."""
+    fl = sub.add_parser("fl", help="federated personalization over simulated phones (Flower + Opacus)")
+    fsub = fl.add_subparsers(dest="fl_cmd", required=True)
+    sp = fsub.add_parser("run", help="run federated rounds on Flower's simulation engine and write the report")
+    sp.add_argument("--data", default="ml-1m", choices=["ml-1m", "ml-100k"])
+    sp.add_argument("--devices", type=int, default=1000, help="fleet size: the first N users (default 1000; 6040 = all of ML-1M)")
+    sp.add_argument("--rounds", type=int, default=10)
+    sp.add_argument("--clients", type=int, default=50, help="reports aggregated per round (over-selected by 1.3x)")
+    sp.add_argument("--min-clients", type=int, default=10, help="a round with fewer reports is skipped, not stalled")
+    sp.add_argument("--epsilon", type=_eps, default=1.0, help="record-level DP budget per device; 'none' = no DP")
+    sp.add_argument("--max-participations", type=int, default=2, help="participations the DP noise is planned for")
+    sp.add_argument("--central-noise", type=float, default=None, help="also add Flower's server-side central DP (noise multiplier)")
+    sp.add_argument("--central-clip", type=float, default=1.0)
+    sp.add_argument("--local-steps", type=int, default=5)
+    sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument("--lr", type=float, default=5e-3)
+    sp.add_argument("--drop", type=float, default=0.0, help="extra probability a device drops mid-round")
+    sp.add_argument("--eval-users", type=int, default=500)
+    sp.add_argument("--personal-users", type=int, default=200)
+    sp.add_argument("--no-baselines", action="store_true")
+    sp.add_argument("--secagg", action="store_true", help="aggregate under SecAgg+ (legacy Flower API; --clients devices every round, "
+                                                          "--drop = share that drops mid-round)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default=".cache/edge_gr/fl/run")
+    sp.set_defaults(fn=cmd_fl_run)
+
+    fleet = sub.add_parser("fleet", help="simulate a fleet of phones (battery, network, serving modes)")
+    fsub = fleet.add_subparsers(dest="fleet_cmd", required=True)
+    sp = fsub.add_parser("simulate", help="a day of a fleet under cloud-only / hybrid / on-device serving")
+    sp.add_argument("--data", default="ml-1m", choices=["ml-1m", "ml-100k"])
+    sp.add_argument("--devices", type=int, default=1000)
+    sp.add_argument("--hours", type=float, default=24.0)
+    sp.add_argument("--fl-run", default=None, help="run.json of `edge-gr fl run` (adds its measured FL bytes/energy/NDCG)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", default=None)
+    sp.set_defaults(fn=cmd_fleet_simulate)
