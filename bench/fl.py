@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-baselines", action="store_true")
     ap.add_argument("--all-users", action="store_true", help="also run all 6,040 users (no baselines)")
     ap.add_argument("--only", choices=["main", "sweep", "all-users"], default=None)
-    ap.add_argument("--lr", type=float, default=5e-3)
-    ap.add_argument("--local-steps", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=2e-2)
+    ap.add_argument("--local-steps", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
 

@@ -63,7 +63,7 @@ class FLSpec:
     fleet_seed: int = 0
     tier_mix: dict | None = None
     central_dp: dict | None = None     # {"noise_multiplier": z, "clipping_norm": c} (Flower's server-side wrapper)
-    eval_users: int = 500
+    eval_users: int = 1000
     eval_beam: int = 20
     seed: int = 0
     result_path: str | None = None     # the ServerApp writes its run log here (JSON)

@@ -44,16 +44,16 @@ class DPConfig:
     target_epsilon: float | None = 1.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    max_participations: int = 2   # participations the noise is planned for; more are refused
+    max_participations: int = 1   # participations the noise is planned for; more are refused
 
 
 @dataclass(frozen=True)
 class LocalConfig:
     """One device's local training per participation."""
 
-    steps: int = 5
+    steps: int = 10
     batch_size: int = 32
-    lr: float = 5e-3
+    lr: float = 2e-2
     max_records: int = 128        # most recent records used (bounds CPU time and memory)
     dp: DPConfig = field(default_factory=DPConfig)
 

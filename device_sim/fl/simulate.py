@@ -38,6 +38,16 @@ def eval_cohort(spec: FLSpec, env) -> list[str]:
     return sorted(rng.choice(users, min(spec.eval_users, len(users)), replace=False).tolist())
 
 
+def paired(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of per-user ``a - b`` with a 95% paired bootstrap interval (same users, same items)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) == 0:
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")]}
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+    return {"mean": float(d.mean()), "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
+
+
 def personalize_eval(spec: FLSpec, env, users, start: dict[str, np.ndarray], local=None) -> dict:
     """Each user fine-tunes ``start`` on its own records (a fresh privacy ledger), then is scored."""
     from server.metrics import rank_metrics
@@ -55,7 +65,7 @@ def personalize_eval(spec: FLSpec, env, users, start: dict[str, np.ndarray], loc
         ids.append([i for i, _ in r])
         rel.append({env.setup.split.test[u]})
     set_adapter(env.gm.model, start)
-    return rank_metrics(ids, rel)
+    return {**rank_metrics(ids, rel), "per_user": [rank_metrics([a], [b])["ndcg@10"] for a, b in zip(ids, rel)]}
 
 
 def centralized_eval(spec: FLSpec, env, users, steps: int) -> dict:
@@ -78,7 +88,7 @@ def centralized_eval(spec: FLSpec, env, users, steps: int) -> dict:
     return out
 
 
-def run_federated(spec: FLSpec, *, baselines: bool = True, personal_users: int = 200, progress: bool = True,
+def run_federated(spec: FLSpec, *, baselines: bool = True, personal_users: int = 300, progress: bool = True,
                   num_cpus: int | None = None, max_central_steps: int = 3000) -> dict:
     """Run the whole experiment; returns the run log (rounds, evaluation, baselines, timings)."""
     import logging
@@ -98,7 +108,7 @@ def run_federated(spec: FLSpec, *, baselines: bool = True, personal_users: int =
         bar = tqdm(total=spec.rounds, desc=f"FL rounds ({len(env.users)} devices)")
 
     def evaluate(rnd: int, arrays: dict) -> dict:
-        res = ndcg_eval(env.setup, env.gm, users, arrays, beam=spec.eval_beam)
+        res = ndcg_eval(env.setup, env.gm, users, arrays, beam=spec.eval_beam, per_user=True)
         if bar is not None and rnd > 0:
             bar.update(1)
             bar.set_postfix(ndcg=f"{res['ndcg@10']:.4f}")
@@ -121,20 +131,30 @@ def run_federated(spec: FLSpec, *, baselines: bool = True, personal_users: int =
         raise EdgeGRError("the Flower simulation ended without a result", hint="run with progress and read Flower's log above")
     out = sink["result"]
     out["timing"] = {"setup_s": t_setup, "simulation_s": time.time() - t0}
+    ev = out["evaluation"]
+    last = max(ev)
+    # the global model after the last round vs the base, paired on the evaluation cohort
+    out["global_vs_base"] = paired(ev[last]["per_user"], ev[0]["per_user"]) if 0 in ev else None
+    for r in ev.values():
+        r.pop("per_user", None)
     out["eval_users"] = len(users)
     if baselines:
         final = {k: np.asarray(v, dtype=np.float32) for k, v in out["final_arrays"].items()} if out["final_arrays"] else None
         zero = {k: np.zeros_like(v) for k, v in (final or {}).items()}
         pu = users[:personal_users]
         t1 = time.time()
-        b = {"base": ndcg_eval(env.setup, env.gm, pu, zero, beam=spec.eval_beam),
-             "federated": ndcg_eval(env.setup, env.gm, pu, final, beam=spec.eval_beam),
+        b = {"base": ndcg_eval(env.setup, env.gm, pu, zero, beam=spec.eval_beam, per_user=True),
+             "federated": ndcg_eval(env.setup, env.gm, pu, final, beam=spec.eval_beam, per_user=True),
              "personalized": personalize_eval(spec, env, pu, final),
              "local_only": personalize_eval(spec, env, pu, zero)}
         used = sum(r["used"] for r in out["rounds"] if not r["skipped"])
         # equal compute: as many optimizer steps as all used clients ran together
         b["centralized"] = centralized_eval(spec, env, pu, max(1, min(used * spec.local.steps, max_central_steps)))
         b["users"] = len(pu)
+        # paired differences against the base model on the same users (95% bootstrap CI)
+        b["vs_base"] = {k: paired(b[k]["per_user"], b["base"]["per_user"]) for k in ("federated", "personalized", "local_only")}
+        for k in ("base", "federated", "personalized", "local_only"):
+            b[k].pop("per_user")
         b["seconds"] = time.time() - t1
         out["baselines"] = b
     out["timing"]["total_s"] = time.time() - t_start
