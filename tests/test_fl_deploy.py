@@ -74,3 +74,31 @@ def test_secagg_round_over_real_supernodes(tmp_path):
     want = fedavg([o[0] for o in outs], [o[1] for o in outs])
     tol = secagg_tolerance([o[1] for o in outs], max_abs_update=0.1, max_weight=2)
     assert max(float(np.abs(np.array(a) - w).max()) for a, w in zip(r["arrays"], want, strict=True)) <= tol
+
+
+@pytest.mark.timeout(400)
+def test_real_personalization_apps_on_two_supernodes(tmp_path):
+    """The simulation's own ServerApp/ClientApp (LoRA + DP-SGD) complete a round on real SuperNodes."""
+    from device_sim.fl.deploy import PERSONALIZE_APP_DIR
+    from device_sim.fl.flower import FLSpec
+    from device_sim.fl.local import DPConfig, LocalConfig
+    from device_sim.fl.setup import FLData, prepare
+    from server.model import GRConfig
+    from server.train import TrainConfig
+
+    d = FLData(dataset="ml-100k", max_users=10, levels=(8, 8), collab_dim=8,
+               model=GRConfig(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, max_len=20, dropout=0.1),
+               train=TrainConfig(epochs=1, batch_size=64, eval_queries=5, progress=False, threads=1))
+    spec = FLSpec(data=d, cache=str(tmp_path / "cache"), num_devices=2, rounds=1, clients_per_round=2, overselect=1.0,
+                  min_clients=2, eligibility=False, local=LocalConfig(steps=2, batch_size=8, dp=DPConfig(target_epsilon=2.0)),
+                  result_path=str(tmp_path / "run.json"))
+    prepare(d, spec.cache, progress=False)  # the base model, trained once here; the SuperNodes load it
+    (tmp_path / "spec.json").write_text(spec.to_json())
+    with LocalFederation(num_supernodes=2, workdir=tmp_path / "fed") as fed:
+        res = fed.run(PERSONALIZE_APP_DIR, run_config={"spec-path": str(tmp_path / "spec.json")}, timeout=360)
+    assert res.status == "finished:completed" and res.install_attempts == ()
+    out = json.loads((tmp_path / "run.json").read_text())
+    [r] = out["rounds"]
+    assert r["sampled"] == 2 and r["used"] == 2 and not r["skipped"]  # both devices trained and were aggregated
+    assert all(set(e["records"]) <= {"arrays", "metrics"} and 0 < e["metrics"]["epsilon"] <= 2.0 * 1.001 for e in r["replies"])
+    assert out["final_arrays"] is not None and any(np.abs(np.asarray(v)).sum() > 0 for v in out["final_arrays"].values())

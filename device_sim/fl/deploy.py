@@ -60,6 +60,7 @@ __all__ = [
 
 #: The probe Flower app (``device_sim.fl.deploy_app``): a FedAvg round with a known result.
 PROBE_APP_DIR = Path(__file__).resolve().parent / "apps" / "probe"
+PERSONALIZE_APP_DIR = Path(__file__).resolve().parent / "apps" / "personalize"  # the real LoRA apps (deploy_app.personalize_*)
 
 _CONNECTION = "edge-gr-local"  # the SuperLink connection name in the isolated FLWR_HOME
 _TAG_VAR = "EDGE_GR_FL_DEPLOY_TAG"  # marks every process this harness starts

@@ -121,3 +121,31 @@ def _secagg_main(grid: Grid, context: Context) -> None:
             {"server-round": r.server_round, "arrays": [a.tolist() for a in r.arrays],
              "partition-ids": list(r.partition_ids), "num-failures": r.num_failures, "secure": r.secure}
             for r in results]))
+
+
+# -- the real personalization apps (device_sim.fl.flower) on real SuperNodes -----------------
+# ``apps/personalize/pyproject.toml``; the run config ``spec-path`` names an FLSpec JSON file.
+def _personalize_spec(context: Context):
+    from device_sim.fl.flower import FLSpec
+
+    return FLSpec.from_json(Path(str(context.run_config["spec-path"])).read_text())
+
+
+personalize_client_app = ClientApp()
+
+
+@personalize_client_app.train()
+def _personalize_train(msg: Message, context: Context) -> Message:
+    from device_sim.fl.flower import client_train
+
+    return client_train(_personalize_spec(context), msg, context)
+
+
+personalize_server_app = ServerApp()
+
+
+@personalize_server_app.main()
+def _personalize_main(grid: Grid, context: Context) -> None:
+    from device_sim.fl.flower import server_main
+
+    server_main(_personalize_spec(context), grid, context)

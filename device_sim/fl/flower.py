@@ -58,6 +58,7 @@ class FLSpec:
     drop_prob: float = 0.0             # extra chance a device drops mid-round (after training)
     min_battery: float = 0.2
     min_records: int = 4
+    eligibility: bool = True           # False: every sampled device trains (harness tests); no offline/battery declines
     hours_per_round: float = 1.0
     start_hour: float = 20.0           # clock of round 1 (hours since midnight, day 0)
     fleet_seed: int = 0
@@ -168,10 +169,11 @@ def client_train(spec: FLSpec, msg, context):
             content["arrays"] = arrays
         return Message(content=content, reply_to=msg)
 
-    net = dev.network.network_at(t)
+    net = dev.network.network_at(t) if spec.eligibility else (dev.network.network_at(t) or "wifi")
     if net is None:
         return reply({"declined": REASONS["offline"]})
-    if dev.battery.advance(max(t, dev.battery.t)) < spec.min_battery and not dev.battery.is_charging(t):
+    if (spec.eligibility and dev.battery.advance(max(t, dev.battery.t)) < spec.min_battery
+            and not dev.battery.is_charging(t)):
         return reply({"declined": REASONS["battery"]})
     src, tgt = env.setup.records(user, max_records=spec.local.max_records)
     if len(src) < spec.min_records:
@@ -191,7 +193,7 @@ def client_train(spec: FLSpec, msg, context):
     if device_s > spec.deadline_s:
         return reply({**metrics, "declined": REASONS["deadline"]})
     rng = np.random.default_rng([spec.seed, rnd, pid])
-    if rng.random() < spec.drop_prob or not dev.network.is_online(t + device_s / 3600.0):
+    if rng.random() < spec.drop_prob or (spec.eligibility and not dev.network.is_online(t + device_s / 3600.0)):
         return reply({**metrics, "declined": REASONS["dropped"]})
     return reply(metrics, out)
 
