@@ -38,7 +38,7 @@ from server.rollout import DeviceRecord, RolloutPolicy, RolloutReport, run_rollo
 
 from .fleet import Fleet, VirtualDevice
 
-__all__ = ["SearchFn", "measure_devices", "simulate_rollout", "model_search_fn"]
+__all__ = ["SearchFn", "measure_devices", "simulate_rollout", "model_search_fn", "add_parser"]
 
 SearchFn = Callable[[list[str]], Sequence[str]]  # history (oldest first) -> ranked item ids
 
@@ -103,3 +103,75 @@ def model_search_fn(model, k: int = 10, beam: int = 20) -> SearchFn:
         return [i for i, _ in model.search(history, k, beam=beam)]
 
     return fn
+
+
+# -- `edge-gr rollout simulate` -----------------------------------------------------------------
+def cmd_simulate(args) -> None:
+    """Materialize baseline and candidate from the registry, canary-roll the candidate over a simulated fleet,
+    write the A/B report, and move the registry's pointer: to the candidate if every stage passed, else nowhere."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from server.generative import GenerativeModel
+    from server.pipeline import RecPreset, load_rec_data
+    from server.registry import Registry
+    from server.rollout import report_markdown
+
+    reg = Registry(args.registry, create=False)
+    baseline = args.baseline or reg.current()
+    if baseline is None:
+        from edge_gr.errors import InputError
+
+        raise InputError("the registry has no current version to compare against", hint="pass --baseline VERSION")
+    with tempfile.TemporaryDirectory() as d:
+        base = GenerativeModel.load(reg.materialize(baseline, Path(d) / "base"))
+        cand = GenerativeModel.load(reg.materialize(args.candidate, Path(d) / "cand"))
+    if args.corrupt_candidate:
+        g = torch.Generator().manual_seed(args.seed)
+        with torch.no_grad():
+            for p in cand.model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * args.corrupt_candidate * p.std().clamp_min(1e-3))
+    data = load_rec_data(RecPreset(dataset=args.dataset, max_users=args.max_users))
+    fleet = Fleet.from_recdata(data, seed=args.seed)
+    policy = RolloutPolicy(salt=args.salt)
+    rep = simulate_rollout(fleet, model_search_fn(base, beam=args.beam), model_search_fn(cand, beam=args.beam), policy=policy,
+                           requests_per_device=args.requests, seed=args.seed, baseline_name=baseline,
+                           candidate_name=args.candidate + (f" (corrupted x{args.corrupt_candidate})" if args.corrupt_candidate else ""))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(rep.to_json())
+    out.with_suffix(".md").write_text(report_markdown(rep))
+    print(report_markdown(rep))
+    if rep.outcome == "completed" and not args.no_promote and not args.corrupt_candidate:
+        reg.set_current(args.candidate, reason="rollout completed")
+        print(f"current -> {args.candidate}")
+    elif rep.outcome != "completed" and reg.current() == args.candidate:
+        reg.rollback(to=baseline, reason="rollout rolled back")
+        print(f"current -> {baseline} (rolled back)")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    print(json.dumps({"outcome": rep.outcome, "stopped_at": rep.stopped_at}))
+
+
+def add_parser(sub) -> None:
+    """Register ``edge-gr rollout simulate`` on an argparse sub-parser collection (wire it with a lazy import:
+    ``server`` must not import ``device_sim`` at module level)."""
+    rp = sub.add_parser("rollout", help="canary rollout with automatic rollback over a simulated fleet")
+    rs = rp.add_subparsers(dest="rollout_cmd", required=True)
+    p = rs.add_parser("simulate", help="roll a registry version out 5% -> 20% -> 50% -> 100% against the current one; A/B report")
+    p.add_argument("--registry", required=True)
+    p.add_argument("--candidate", required=True, help="version to roll out")
+    p.add_argument("--baseline", default=None, help="version the control keeps (default: current)")
+    p.add_argument("--dataset", default="ml-100k", help="ml-100k | ml-1m | folder with items.jsonl + interactions.jsonl (one device per user)")
+    p.add_argument("--max-users", type=int, default=None)
+    p.add_argument("--requests", type=int, default=3, help="requests per device per stage")
+    p.add_argument("--beam", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--salt", default=RolloutPolicy.salt, help="bucketing salt (changes which devices go first)")
+    p.add_argument("--corrupt-candidate", type=float, default=0.0, metavar="SCALE",
+                   help="add Gaussian noise (SCALE x each tensor's std) to the candidate: a deliberately bad model (never promoted)")
+    p.add_argument("--no-promote", action="store_true", help="do not move current to the candidate after a completed rollout")
+    p.add_argument("--out", default="rollout-report", help="report path prefix (.json and .md are written)")
+    p.set_defaults(fn=cmd_simulate)
