@@ -156,8 +156,9 @@ class RecTask:
     def grow(self, gm: GenerativeModel, ids: SemanticIds, batch: list[str]) -> GenerativeModel:
         return grow_rec_model(gm, ids, [self.items[i] for i in batch])
 
-    def update_data(self, ids_before: SemanticIds, ids_after: SemanticIds, batch: list[str], buf: ReplayBuffer):
-        """(new windows, replay windows) as fixed arrays of 1-based rows of ``ids_after``."""
+    def update_data(self, ids_before: SemanticIds, ids_after: SemanticIds, batch: list[str]) -> np.ndarray:
+        """The update's new windows (1-based rows of ``ids_after``): up to ``new_windows`` per new item, each ending at
+        one of its interactions."""
         L = self.s.rec_model.max_len
         row = {it: i + 1 for i, it in enumerate(ids_after.items)}
         rng = np.random.default_rng(self.s.seed + len(ids_before))
@@ -173,9 +174,7 @@ class RecTask:
         for it, ws in per_item.items():
             take = rng.choice(len(ws), size=min(self.s.new_windows, len(ws)), replace=False) if ws else []
             new += [ws[t] for t in take]
-        new = np.array(new, dtype=np.int64).reshape(-1, L + 1)
-        old = np.array(buf.sample(len(new)), dtype=np.int64).reshape(-1, L + 1)
-        return new, old
+        return np.array(new, dtype=np.int64).reshape(-1, L + 1)
 
     def fill_buffer(self, ids: SemanticIds, buf: ReplayBuffer) -> None:
         row = {it: i + 1 for i, it in enumerate(ids.items)}
@@ -287,7 +286,8 @@ def run_task(task, ucfg: UpdateConfig, methods: list[str], reg_root: Path) -> di
             prev = state[m]
             grown = task.grow(prev, new_ids, batch)
             if is_rec:
-                new_w, old_w = task.update_data(ids, new_ids, batch, buf)
+                new_w = task.update_data(ids, new_ids, batch)
+                old_w = np.array(buf.sample(int(len(new_w) * cfg.replay_ratio)), dtype=np.int64).reshape(-1, new_w.shape[1])
                 nb = task.batches_of(new_w, cfg.batch_size, s.seed)
                 rb = task.batches_of(old_w, cfg.batch_size, s.seed + 1)
                 fisher = rb(0)[: cfg.fisher_batches]
@@ -316,7 +316,7 @@ def run_task(task, ucfg: UpdateConfig, methods: list[str], reg_root: Path) -> di
             _say(f"batch {b} {m}: {secs:.1f}s ({secs / t_full:.0%} of full) old R@10 {ev['old']['recall@10']:.4f} "
                  f"new R@10 {ev['new']['recall@10']:.4f}")
         if is_rec:  # this batch's windows become old data for the next one (rows stay valid: new items are appended)
-            buf.extend(list(task.update_data(ids, new_ids, batch, buf)[0]))
+            buf.extend(list(task.update_data(ids, new_ids, batch)))
         ids = new_ids
         stages.append(stage)
     return {"task": task.name, "old_items": len(task.old), "new_items": sum(map(len, task.batches)), "k": len(task.batches),
@@ -333,28 +333,41 @@ def _aux(gm: GenerativeModel) -> dict[str, bytes]:
     return {"ids.json": ids, "items.jsonl": items}
 
 
-def lora_size_at_full_size(r: int = 8, new_frac: float = 0.1) -> dict:
-    """Bytes of a LoRA delta (all Linear layers, rank r, + 10% new item rows) for the full-size ML-1M model of #2."""
+def lora_size_at_full_size() -> list[dict]:
+    """Bytes of LoRA deltas (every Linear layer, rank r) for the full-size models of #2, against their full weights.
+
+    Sizes only (the factors' values do not change the byte count); rec rows add 10% new items' input rows."""
+    import tempfile
+
     from server.incremental import add_lora, lora_factors
     from server.model import GenerativeRetriever
 
-    cfg = GRConfig(task="rec", levels=(64, 64, 64, 16), n_items=3706, d_model=128, n_heads=4, max_len=200)
-    model = GenerativeRetriever(cfg, codes=torch.zeros(3706, 4, dtype=torch.long))
-    full = state_from_torch(model.state_dict())
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        reg = Registry(d)
-        f = reg.publish(full, full=True)
-        fac = lora_factors(add_lora(model, r=r, alpha=2 * r))
-        n_new = int(3706 * new_frac)
-        grown = dict(full, **{"item_in.weight": np.concatenate([full["item_in.weight"], np.zeros((n_new, 128), np.float32)]),
-                              "item_codes": np.concatenate([full["item_codes"], np.zeros((n_new, 4), np.int64)])})
-        m = reg.publish(grown, lora=fac)
-        lora_only = reg.publish(full, parent=f.version, lora=fac)
-        return {"model": "ML-1M 2+2 x 128 (#2)", "params": int(sum(v.size for v in full.values())), "full_bytes": f.size,
-                "lora_r": r, "delta_bytes": m.size, "ratio": m.size / f.size, "lora_only_bytes": lora_only.size,
-                "lora_only_ratio": lora_only.size / f.size, "new_items": n_new}
+    models = {"ML-1M teacher of #2 (2+2 x 128, 3,706 items)":
+              GRConfig(task="rec", levels=(64, 64, 64, 16), n_items=3706, d_model=128, n_heads=4, max_len=200),
+              "Bible teacher of #2 (4+2 x 256, 8k BPE)":
+              GRConfig(task="retrieval", levels=(32, 32, 32, 16), vocab_size=8000, d_model=256, n_heads=4, n_enc_layers=4,
+                       n_dec_layers=2, max_len=32)}
+    out = []
+    for name, cfg in models.items():
+        for r in (4, 8):
+            codes = torch.zeros(cfg.n_items, len(cfg.levels), dtype=torch.long) if cfg.task == "rec" else None
+            model = GenerativeRetriever(cfg, codes=codes)
+            full = state_from_torch(model.state_dict())
+            fac = lora_factors(add_lora(model, r=r, alpha=2 * r))
+            with tempfile.TemporaryDirectory() as d:
+                reg = Registry(d)
+                f = reg.publish(full, full=True)
+                lora_only = reg.publish(full, parent=f.version, lora=fac)
+                row = {"model": name, "values": int(sum(v.size for v in full.values())), "full_bytes": f.size, "lora_r": r,
+                       "lora_bytes": lora_only.size, "lora_ratio": lora_only.size / f.size}
+                if cfg.task == "rec":
+                    n_new = int(cfg.n_items * 0.1)
+                    grown = dict(full, **{"item_in.weight": np.concatenate([full["item_in.weight"], np.zeros((n_new, cfg.d_model), np.float32)]),
+                                          "item_codes": np.concatenate([full["item_codes"], np.zeros((n_new, len(cfg.levels)), np.int64)])})
+                    m = reg.publish(grown, parent=f.version, lora=fac)
+                    row.update(new_items=n_new, with_rows_bytes=m.size, with_rows_ratio=m.size / f.size)
+            out.append(row)
+    return out
 
 
 # -- report --------------------------------------------------------------------------------
@@ -388,11 +401,13 @@ def markdown(res: dict) -> str:
                       f"{d['tensor_ratio']:.1%}."]
         lines += ["", f"IDs after the last batch: {json.dumps(t['ids_final'])}", ""]
     if "lora_full_size" in res:
-        f = res["lora_full_size"]
-        lines += ["## LoRA delta size at full size", "",
-                  f"{f['model']} ({f['params']:,} values, {f['full_bytes']:,} bytes): LoRA r={f['lora_r']} on every Linear = "
-                  f"{f['lora_only_bytes']:,} bytes ({f['lora_only_ratio']:.1%}); with {f['new_items']} new item rows "
-                  f"{f['delta_bytes']:,} bytes ({f['ratio']:.1%}).", ""]
+        lines += ["## LoRA delta size at full size (weights only, every Linear layer adapted)", "",
+                  "| model | values | full MB | LoRA r | delta KB | delta / full | + 10% new item rows |", "|---|---|---|---|---|---|---|"]
+        for f in res["lora_full_size"]:
+            rows = f"{f['with_rows_bytes'] / 1e3:,.0f} KB ({f['with_rows_ratio']:.1%})" if "with_rows_bytes" in f else "- (no per-item rows)"
+            lines.append(f"| {f['model']} | {f['values']:,} | {f['full_bytes'] / 1e6:.2f} | {f['lora_r']} | {f['lora_bytes'] / 1e3:,.0f} | "
+                         f"{f['lora_ratio']:.1%} | {rows} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -400,6 +400,8 @@ class Registry:
 
         Layout: ``out/update.json`` ({"from", "to", "steps"}) + one version folder per step.
         """
+        if from_version == to_version:
+            raise RegistryError(f"a device at {to_version} needs no update to {to_version}", hint="pick another --to or --from")
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         chain = self.chain(to_version)
