@@ -26,8 +26,9 @@ falls back to the newest other version that verifies. Rolling back to a version 
 device still holds costs no download (:meth:`ModelStore.switch`).
 
 >>> import tempfile, numpy as np
+>>> from pathlib import Path
 >>> from edge_gr.delta import tensor_table, VersionManifest, write_tensors, MANIFEST, WEIGHTS, write_json_atomic
->>> pkg = __import__("pathlib").Path(tempfile.mkdtemp())
+>>> pkg = Path(tempfile.mkdtemp())           # an update package, as Registry.update_package(None, "v1.0", ...) writes it
 >>> st = {"w": np.ones((2, 2), np.float32)}
 >>> (pkg / "v1.0").mkdir()
 >>> f = write_tensors(pkg / "v1.0" / WEIGHTS, st)
