@@ -438,6 +438,7 @@ def plot(res: dict, path: Path) -> None:
         row[0].set_title(f"{t['task']}\nold items")
         row[1].set_title("new items")
         for ax in row:
+            ax.set_xticks(range(len(t["stages"])))
             ax.set_xlabel("batch of new items")
             ax.set_ylabel("Recall@10")
             ax.grid(alpha=0.3)

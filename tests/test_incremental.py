@@ -108,3 +108,37 @@ def test_unknown_method_says_what_to_do():
 
     with pytest.raises(InputError, match="use one of"):
         UpdateConfig(method="magic")
+
+
+def test_stream_pipeline_buffers_updates_validates_and_publishes_deltas(tmp_path):
+    from server.incremental import StreamPipeline
+
+    gm, X = _base()
+    reg = Registry(tmp_path / "reg")
+    reg.publish(state_from_torch(gm.model.state_dict()), full=True, activate=True)
+    state = {"gm": gm, "n": 0}
+    emb = {f"n{i}": X[40 + i] for i in range(6)}
+
+    def update(batch):
+        cur = state["gm"]
+        old_rows = np.stack([X[int(i)] if not i.startswith("n") else emb[i] for i in cur.ids.items])
+        ids, _ = assign_new_ids(cur.ids, old_rows, batch, np.stack([emb[i] for i in batch]))
+        g = grow_rec_model(cur, ids, [Item(i, "") for i in batch])
+        rows = [[1 + (j % 40), len(cur.ids) + 1 + (j % len(batch))] * 3 for j in range(8)]
+        up, info = update_model(g, _batches(rows), UpdateConfig(method="lora", epochs=1, lora_r=2), replay_batches=_batches(rows),
+                                n_old_items=len(cur.ids))
+        return up, info
+
+    def publish(cand, metrics):
+        up, info = cand
+        reg.publish(state_from_torch(up.model.state_dict()), lora=info["lora"], metrics=metrics, activate=True)
+        state["gm"] = up
+
+    p = StreamPipeline(3, update=update, validate=lambda c: {"n_items": len(c[0].ids)}, accept=lambda m: m["n_items"] > 40,
+                       publish=publish)
+    p.push(["n0", "n1"])
+    assert p.published == 0 and p.pending == ["n0", "n1"]
+    p.push(["n2", "n3", "n4", "n5"])
+    assert p.published == 2 and not p.pending
+    assert [r["version"] for r in reg.list()] == ["v1.0", "v1.1", "v1.2"] and reg.current() == "v1.2"
+    assert reg.rebuild("v1.2")[0]["item_in.weight"].shape[0] == 47
