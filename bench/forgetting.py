@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from edge_gr.ids import SemanticIds  # noqa: E402
-from server.data.base import Item, Query, RetrievalData  # noqa: E402
+from server.data.base import Query, RetrievalData  # noqa: E402
 from server.generative import GenerativeModel  # noqa: E402
 from server.incremental import METHODS, ReplayBuffer, UpdateConfig, grow_rec_model, update_model  # noqa: E402
 from server.incremental_ids import assign_new_ids, utilisation, with_headroom  # noqa: E402

@@ -14,7 +14,6 @@ simulation sits on top of ``server`` and must not be imported by it.
 
 from __future__ import annotations
 
-import argparse
 import json
 
 __all__ = ["add_parser"]
