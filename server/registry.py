@@ -1,0 +1,445 @@
+"""The model registry: full versions, deltas, an atomic ``current`` pointer, rollback, list / diff / gc.
+
+Layout (every version folder is the format of :mod:`edge_gr.delta`)::
+
+    registry/
+      current              "v1.1\\n" - replaced atomically (temp file + fsync + os.replace)
+      history.jsonl        one line per pointer move {"time", "from", "to", "reason"}
+      v1.0/                kind "full":  manifest.json + weights.safetensors + aux files
+      v1.1/                kind "delta": manifest.json + delta.safetensors (changed tensors only:
+                           replaced, LoRA factors, appended rows) + the aux files that changed
+      v2.0/                a later full version (e.g. a full retrain)
+
+A version is written into a hidden temp folder and renamed into place, so a crash never
+leaves half a version; nothing is ever modified after that. Reading a version checks
+every file's size and sha256, and rebuilding a model from its full base and the chain
+of deltas checks every tensor's sha256 after every step. A corrupted version raises
+:class:`RegistryError` naming the file; nothing is deleted or moved because of it (the
+pointer stays where it was, ``gc`` refuses to run on an unreadable registry).
+
+>>> import tempfile, numpy as np
+>>> reg = Registry(tempfile.mkdtemp())
+>>> base = {"w": np.zeros((4, 4), np.float32), "b": np.zeros(4, np.float32)}
+>>> reg.publish(base, full=True, metrics={"ndcg@10": 0.1}, activate=True).version
+'v1.0'
+>>> A, B = np.ones((1, 4), np.float32), np.ones((4, 1), np.float32)
+>>> m = reg.publish(base, parent="v1.0", lora={"w": (A, B, 2.0)})
+>>> m.version, m.kind, sorted(m.ops)
+('v1.1', 'delta', ['w'])
+>>> reg.rebuild("v1.1")[0]["w"][0, 0]
+np.float32(2.0)
+>>> reg.set_current("v1.1"); reg.rollback()
+'v1.0'
+>>> [(e["version"], e["kind"], e["current"]) for e in reg.list()]
+[('v1.0', 'full', True), ('v1.1', 'delta', False)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from edge_gr.delta import (DELTA, MANIFEST, WEIGHTS, FileInfo, VersionManifest, apply_delta, file_sha256, make_delta,
+                           parse_version, read_manifest, read_tensors, tensor_table, verify_files, verify_tensors,
+                           write_json_atomic, write_tensors)
+from edge_gr.errors import BundleError
+
+__all__ = ["Registry", "RegistryError", "CHECKPOINT_WEIGHTS", "state_from_torch", "lora_ratio"]
+
+CURRENT = "current"
+HISTORY = "history.jsonl"
+CHECKPOINT_WEIGHTS = "model.safetensors"  # the weights file of a server.generative checkpoint folder
+
+
+class RegistryError(BundleError):
+    """The registry (or one of its versions) cannot do what was asked; says which version / file and what to do."""
+
+
+def state_from_torch(sd: Mapping) -> dict[str, np.ndarray]:
+    """A torch ``state_dict`` -> numpy arrays (detached, CPU, contiguous)."""
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in sd.items()}
+
+
+def lora_ratio(delta: VersionManifest, full: VersionManifest) -> float:
+    """Bytes a device downloads for ``delta`` / bytes of the full version ``full``."""
+    return delta.size / max(1, full.size)
+
+
+class Registry:
+    """Versions of one model under ``root`` (created if missing)."""
+
+    def __init__(self, root: str | os.PathLike, *, create: bool = True):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            if not create:
+                raise RegistryError(f"no registry at {self.root}", hint="publish a first version with `edge-gr registry publish`")
+            self.root.mkdir(parents=True)
+        self._verified: set[str] = set()
+
+    # -- reading ---------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Version names, oldest first (by major, minor)."""
+        out = []
+        for p in self.root.iterdir():
+            if p.is_dir() and not p.name.startswith("."):
+                try:
+                    parse_version(p.name)
+                except BundleError:
+                    continue
+                out.append(p.name)
+        return sorted(out, key=parse_version)
+
+    def path(self, version: str) -> Path:
+        return self.root / version
+
+    def manifest(self, version: str, *, verify: bool = False) -> VersionManifest:
+        """The manifest of ``version`` (``verify=True`` also checks its files' sizes and sha256)."""
+        parse_version(version)
+        folder = self.path(version)
+        if not folder.is_dir():
+            raise RegistryError(f"no version {version} in {self.root}", hint=f"pick one of {self.versions()}")
+        try:
+            m = read_manifest(folder)
+            if m.version != version:
+                raise RegistryError(f"{folder}/{MANIFEST} says it is {m.version}", hint="the folder was renamed; rename it back")
+            if verify and version not in self._verified:
+                verify_files(folder, m)
+                self._verified.add(version)
+        except RegistryError:
+            raise
+        except BundleError as e:
+            raise RegistryError(e.message, hint=f"version {version} is damaged: restore {folder} from a backup, or publish "
+                                               f"it again; nothing was changed") from None
+        return m
+
+    def current(self) -> str | None:
+        """The version the pointer names (None before the first activation)."""
+        p = self.root / CURRENT
+        if not p.is_file():
+            return None
+        v = p.read_text(encoding="utf-8").strip()
+        parse_version(v)
+        return v
+
+    def chain(self, version: str) -> list[str]:
+        """Versions from the full base to ``version``: ``["v1.0", "v1.1", "v1.2"]``."""
+        out, seen = [], set()
+        v: str | None = version
+        while v is not None:
+            if v in seen:
+                raise RegistryError(f"version {version}'s parents form a cycle at {v}", hint="restore the registry from a backup")
+            seen.add(v)
+            m = self.manifest(v)
+            out.append(v)
+            v = m.parent
+        return out[::-1]
+
+    def rebuild(self, version: str) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+        """The full model of ``version``: (tensors, aux file name -> path), every file and tensor hash checked."""
+        chain = self.chain(version)
+        state: dict[str, np.ndarray] = {}
+        for v in chain:
+            m = self.manifest(v, verify=True)
+            folder = self.path(v)
+            if m.kind == "full":
+                state = read_tensors(folder / WEIGHTS)
+            else:
+                tensors = read_tensors(folder / DELTA)
+                try:
+                    state = apply_delta(state, tensors, m.ops)
+                except BundleError as e:
+                    raise RegistryError(f"{v}: {e.message}", hint=e.hint) from None
+            try:
+                verify_tensors(state, m.tensors, f"version {v} (rebuilt from {chain[0]})")
+            except BundleError as e:
+                raise RegistryError(e.message, hint=e.hint) from None
+        return state, self._aux_paths(version, chain)
+
+    def _aux_paths(self, version: str, chain: list[str]) -> dict[str, Path]:
+        want = self.manifest(version).aux
+        out: dict[str, Path] = {}
+        for name, sha in want.items():
+            for v in reversed(chain):
+                f = self.manifest(v).files.get(name)
+                if f is not None and f.sha256 == sha:
+                    out[name] = self.path(v) / name
+                    break
+            else:
+                raise RegistryError(f"version {version} needs {name} (sha256 {sha[:12]}...), which no version of its chain {chain} stores",
+                                    hint="publish the version again with that file")
+        return out
+
+    def verify(self, version: str) -> VersionManifest:
+        """Check one version completely (files, and the rebuilt tensors); returns its manifest."""
+        self.rebuild(version)
+        return self.manifest(version)
+
+    # -- writing ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.root / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _next_version(self, parent: str | None) -> str:
+        vs = [parse_version(v) for v in self.versions()]
+        if parent is None:
+            return f"v{max((a for a, _ in vs), default=0) + 1}.0"
+        major = parse_version(parent)[0]
+        return f"v{major}.{max((b for a, b in vs if a == major), default=0) + 1}"
+
+    def publish(self, state: Mapping[str, np.ndarray], *, parent: str | None = None, full: bool = False,
+                lora: Mapping[str, tuple[np.ndarray, np.ndarray, float]] | None = None,
+                aux: Mapping[str, bytes | str | os.PathLike] | None = None, config: dict | None = None,
+                metrics: dict | None = None, version: str | None = None, note: str = "", activate: bool = False) -> VersionManifest:
+        """Write a new version and return its manifest.
+
+        ``full=True`` (or no version yet): all of ``state`` as ``weights.safetensors``.
+        Else a delta against ``parent`` (default: the current version): only tensors that
+        differ, LoRA factors for the names in ``lora`` (``name -> (A (r, in), B (out, r), scale)``,
+        their weights then *are* ``W + scale * B @ A``, whatever ``state`` holds for them), and
+        only the aux files whose bytes changed. ``aux`` maps file name -> bytes or a path;
+        an aux file of the parent that is not named is carried over unchanged.
+        """
+        with self._lock():
+            if not self.versions():
+                full = True
+            if full and lora:
+                raise RegistryError("a full version cannot hold LoRA factors", hint="merge them into the state, or publish a delta")
+            parent = None if full else (parent or self.current() or self.versions()[-1])
+            version = version or self._next_version(parent)
+            parse_version(version)
+            if self.path(version).exists():
+                raise RegistryError(f"version {version} already exists", hint="versions are immutable: publish under a new name")
+            state = {k: np.asarray(v) for k, v in state.items()}
+            aux_bytes = {name: (data if isinstance(data, bytes) else Path(data).read_bytes()) for name, data in (aux or {}).items()}
+            for name in aux_bytes:
+                if name in (MANIFEST, WEIGHTS, DELTA) or "/" in name or name.startswith("."):
+                    raise RegistryError(f"aux file name {name!r} is reserved or not a plain file name", hint="rename it")
+            tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{version}-"))
+            try:
+                files: dict[str, FileInfo] = {}
+                if full:
+                    files[WEIGHTS] = write_tensors(tmp / WEIGHTS, state)
+                    result, ops, aux_sha = state, {}, {}
+                    parent_aux: dict[str, str] = {}
+                else:
+                    pstate, _ = self.rebuild(parent)
+                    tensors, ops = make_delta(pstate, state, lora=lora)
+                    result = apply_delta(pstate, tensors, ops)
+                    files[DELTA] = write_tensors(tmp / DELTA, tensors)
+                    parent_aux = dict(self.manifest(parent).aux)
+                    aux_sha = dict(parent_aux)
+                for name, data in aux_bytes.items():
+                    sha = _bytes_sha256(data)
+                    aux_sha[name] = sha
+                    if parent_aux.get(name) == sha:
+                        continue  # unchanged: found in an ancestor
+                    (tmp / name).write_bytes(data)
+                    files[name] = FileInfo(sha, len(data))
+                m = VersionManifest(version=version, kind="full" if full else "delta", parent=parent, tensors=tensor_table(result),
+                                    ops=ops, files=files, aux=aux_sha, config=dict(config or (self.manifest(parent).config if parent else {})),
+                                    metrics=dict(metrics or {}), created=VersionManifest.now(), note=note)
+                write_json_atomic(tmp / MANIFEST, m.to_dict())
+                os.replace(tmp, self.path(version))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        if activate:
+            self.set_current(version, reason="publish")
+        return m
+
+    def publish_checkpoint(self, ckpt_dir: str | os.PathLike, **kw) -> VersionManifest:
+        """Publish a ``server.generative`` checkpoint folder: its ``model.safetensors`` as tensors,
+        every other file (config, IDs, catalogue, tokenizer, popularity) as aux files.
+        Keyword arguments are :meth:`publish`'s."""
+        ckpt = Path(ckpt_dir)
+        if not (ckpt / CHECKPOINT_WEIGHTS).is_file():
+            raise RegistryError(f"{ckpt} has no {CHECKPOINT_WEIGHTS}", hint="pass a folder written by `edge-gr train`")
+        state = read_tensors(ckpt / CHECKPOINT_WEIGHTS)
+        aux = {p.name: p for p in sorted(ckpt.iterdir()) if p.is_file() and p.name != CHECKPOINT_WEIGHTS and not p.name.startswith(".")}
+        cfg = {}
+        if (ckpt / "edge_gr_model.json").is_file():
+            cfg = json.loads((ckpt / "edge_gr_model.json").read_text()).get("config", {})
+        kw.setdefault("config", cfg)
+        return self.publish(state, aux=aux, **kw)
+
+    def materialize(self, version: str, out: str | os.PathLike) -> Path:
+        """Write the rebuilt model of ``version`` as a checkpoint folder (``model.safetensors`` + aux files),
+        atomically; ``server.generative.GenerativeModel.load(out)`` reads it."""
+        state, aux = self.rebuild(version)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+        try:
+            write_tensors(tmp / CHECKPOINT_WEIGHTS, state)
+            for name, p in aux.items():
+                shutil.copyfile(p, tmp / name)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    # -- the pointer -------------------------------------------------------------------
+    def set_current(self, version: str, *, reason: str = "") -> None:
+        """Point ``current`` at ``version`` after verifying it completely (a bad version is refused, the pointer stays)."""
+        self.verify(version)
+        with self._lock():
+            old = self.current()
+            tmp = self.root / f".{CURRENT}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(version + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / CURRENT)
+            with open(self.root / HISTORY, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"time": VersionManifest.now(), "from": old, "to": version, "reason": reason}) + "\n")
+
+    def history(self) -> list[dict]:
+        """Pointer moves, oldest first (a torn last line from a crash is skipped)."""
+        p = self.root / HISTORY
+        if not p.is_file():
+            return []
+        out = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def rollback(self, to: str | None = None, *, reason: str = "rollback") -> str:
+        """Point ``current`` back at ``to`` (default: the version it pointed at before the current one)."""
+        cur = self.current()
+        if to is None:
+            prev = [h["from"] for h in self.history() if h.get("to") == cur and h.get("from") and h["from"] != cur]
+            if not prev:
+                raise RegistryError(f"no earlier version to roll back to from {cur}", hint="name one: `edge-gr registry rollback VERSION`")
+            to = prev[-1]
+        self.set_current(to, reason=reason)
+        return to
+
+    # -- listing, diff, gc --------------------------------------------------------------
+    def list(self) -> list[dict]:
+        """One row per version: version, kind, parent, bytes, created, metrics, current, status ("ok" or the problem)."""
+        cur = self.current()
+        rows = []
+        for v in self.versions():
+            row = {"version": v, "current": v == cur}
+            try:
+                m = self.manifest(v)
+                row.update(kind=m.kind, parent=m.parent, bytes=m.size, tensors=len(m.tensors), changed=len(m.ops),
+                           created=m.created, metrics=m.metrics, note=m.note, status="ok")
+            except BundleError as e:
+                row.update(kind="?", parent=None, bytes=0, tensors=0, changed=0, created="", metrics={}, note="", status=str(e))
+            rows.append(row)
+        return rows
+
+    def diff(self, a: str, b: str) -> dict:
+        """What differs between two versions: tensors added / removed / changed (shape a -> b), aux files, metrics."""
+        ma, mb = self.manifest(a), self.manifest(b)
+        ta, tb = ma.tensors, mb.tensors
+        changed = {k: {"a": list(ta[k].shape), "b": list(tb[k].shape)} for k in sorted(set(ta) & set(tb)) if ta[k].sha256 != tb[k].sha256}
+        aux = sorted(k for k in set(ma.aux) | set(mb.aux) if ma.aux.get(k) != mb.aux.get(k))
+        metrics = {k: {"a": ma.metrics.get(k), "b": mb.metrics.get(k)} for k in sorted(set(ma.metrics) | set(mb.metrics))
+                   if ma.metrics.get(k) != mb.metrics.get(k)}
+        n = lambda t: int(np.prod(t.shape)) if t.shape else 1  # noqa: E731
+        return {"a": a, "b": b, "added": sorted(set(tb) - set(ta)), "removed": sorted(set(ta) - set(tb)), "changed": changed,
+                "params_changed": sum(n(tb[k]) for k in changed) + sum(n(tb[k]) for k in set(tb) - set(ta)),
+                "params_total": sum(n(t) for t in tb.values()), "aux_changed": aux, "metrics": metrics}
+
+    def gc(self, keep: int = 3, *, dry_run: bool = False) -> list[str]:
+        """Delete versions that are not among the newest ``keep``, not current, not in the pointer's
+        recent history (rollback targets) and not an ancestor of a kept version. Returns the removed
+        (or, with ``dry_run``, the removable) versions. Refuses to run if any manifest is unreadable."""
+        with self._lock():
+            rows = self.list()
+            bad = [r["version"] for r in rows if r["status"] != "ok"]
+            if bad:
+                raise RegistryError(f"versions {bad} are unreadable; gc would not know what they need",
+                                    hint="repair or remove them by hand first (`edge-gr registry list` shows the problem)")
+            vs = [r["version"] for r in rows]
+            keep_set = set(vs[-keep:]) if keep > 0 else set()
+            cur = self.current()
+            if cur:
+                keep_set.add(cur)
+            keep_set |= {h["from"] for h in self.history()[-keep:] if h.get("from")} & set(vs)
+            need = set()
+            for v in keep_set:
+                need |= set(self.chain(v))
+            doomed = [v for v in vs if v not in need]
+            if not dry_run:
+                for v in doomed:
+                    trash = self.root / f".gc-{v}"
+                    os.replace(self.path(v), trash)  # out of sight atomically, then delete
+                    shutil.rmtree(trash)
+                    self._verified.discard(v)
+            return doomed
+
+    # -- shipping to devices ------------------------------------------------------------
+    def update_package(self, from_version: str | None, to_version: str, out: str | os.PathLike) -> tuple[Path, int]:
+        """Write what a device at ``from_version`` needs to reach ``to_version``; returns (folder, bytes).
+
+        * ``from_version`` an ancestor of ``to_version``: the chain of deltas in between, as published.
+        * ``None``: one full version (the rebuilt weights + every aux file).
+        * otherwise (e.g. back to an older version): one delta computed between the two models.
+
+        Layout: ``out/update.json`` ({"from", "to", "steps"}) + one version folder per step.
+        """
+        if from_version == to_version:
+            raise RegistryError(f"a device at {to_version} needs no update to {to_version}", hint="pick another --to or --from")
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        chain = self.chain(to_version)
+        steps: list[str] = []
+        if from_version is not None and from_version in chain:
+            for v in chain[chain.index(from_version) + 1:]:
+                self.manifest(v, verify=True)
+                shutil.copytree(self.path(v), out / v, dirs_exist_ok=True)
+                steps.append(v)
+        else:
+            state, aux = self.rebuild(to_version)
+            target = self.manifest(to_version)
+            step = out / to_version
+            step.mkdir(parents=True, exist_ok=True)
+            files: dict[str, FileInfo] = {}
+            if from_version is None:
+                files[WEIGHTS] = write_tensors(step / WEIGHTS, state)
+                ops, parent, kind, have = {}, None, "full", {}
+            else:
+                old, _ = self.rebuild(from_version)
+                tensors, ops = make_delta(old, state)
+                files[DELTA] = write_tensors(step / DELTA, tensors)
+                parent, kind, have = from_version, "delta", self.manifest(from_version).aux
+            for name, p in aux.items():
+                if have.get(name) != target.aux[name]:
+                    shutil.copyfile(p, step / name)
+                    files[name] = FileInfo(file_sha256(p), p.stat().st_size)
+            m = VersionManifest(version=to_version, kind=kind, parent=parent, tensors=target.tensors, ops=ops, files=files,
+                                aux=target.aux, config=target.config, metrics=target.metrics, created=target.created, note=target.note)
+            write_json_atomic(step / MANIFEST, m.to_dict())
+            steps.append(to_version)
+        write_json_atomic(out / "update.json", {"format": "edge-gr-update", "format_version": 1, "from": from_version,
+                                                "to": to_version, "steps": steps})
+        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())  # everything a device downloads, manifests included
+        return out, size
+
+
+def _bytes_sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
