@@ -78,7 +78,10 @@ def cmd_fleet_simulate(args) -> None:
 
 
 def add_parsers(sub) -> None:
-    """Register ``fleet`` and ``fl`` on the ``edge-gr`` sub-parsers."""
+    """Register ``fleet``, ``fl`` and ``rollout`` on the ``edge-gr`` sub-parsers."""
+    from .rollout_sim import add_parser as add_rollout  # `edge-gr rollout simulate` (issue #6)
+
+    add_rollout(sub)
     fl = sub.add_parser("fl", help="federated personalization over simulated phones (Flower + Opacus)")
     fsub = fl.add_subparsers(dest="fl_cmd", required=True)
     sp = fsub.add_parser("run", help="run federated rounds on Flower's simulation engine and write the report")

@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.cli import add_parser as add_export
 
     add_export(sub)
+    from .registry_cli import add_parser as add_registry  # `edge-gr registry ...` (issue #6)
+
+    add_registry(sub)
     _add_plugins(sub)
     return p
 
