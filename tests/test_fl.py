@@ -202,3 +202,22 @@ def test_server_receives_only_adapter_weights_and_scalars(fl_run):
             if "epsilon" in e["metrics"]:
                 assert e["metrics"]["epsilon"] <= 2.0 * 1.001
     assert n >= 4
+
+
+@pytest.mark.timeout(600)
+def test_federation_starts_from_a_trainable_adapter(fl_run):
+    """Round 0 is peft's init (A random, B = 0): equal to the base, and with non-zero
+    gradients (all-zero A and B would be a saddle point where nothing trains)."""
+    from device_sim.fl.flower import env_for
+
+    spec, _ = fl_run
+    env = env_for(spec)
+    assert any(np.abs(v).sum() > 0 for k, v in env.init.items() if k.endswith("lora_A"))
+    assert all(np.abs(v).sum() == 0 for k, v in env.init.items() if k.endswith("lora_B"))
+    user = next(u for u in env.users if len(env.setup.records(u)[0]) >= 8)
+    src, tgt = env.setup.records(user)
+    set_adapter(env.gm.model, env.init)
+    l0 = records_loss(env.gm.model, src, tgt)
+    local_train(env.gm.model, src, tgt, LocalConfig(steps=10, batch_size=8, lr=2e-2, dp=DPConfig(target_epsilon=None)))
+    assert records_loss(env.gm.model, src, tgt) < l0
+    set_adapter(env.gm.model, env.init)

@@ -28,7 +28,7 @@ from torch import nn
 
 from edge_gr.errors import InputError
 
-__all__ = ["AdapterConfig", "add_adapters", "get_adapter", "set_adapter", "adapter_bytes", "zero_adapter"]
+__all__ = ["AdapterConfig", "add_adapters", "get_adapter", "set_adapter", "adapter_bytes"]
 
 # Which Linear layers get adapters: regexes over module names, e.g. "enc.0.attn.q".
 # Every one of these sees a batch-first input in per-record training, which Opacus'
@@ -50,7 +50,11 @@ class AdapterConfig:
 
 def add_adapters(model: nn.Module, cfg: AdapterConfig = AdapterConfig()) -> nn.Module:
     """Freeze ``model`` and inject LoRA adapters (in place, returns it). B starts at 0,
-    so the adapted model equals the base until trained."""
+    so the adapted model equals the base until trained; A starts random (peft's init).
+
+    Start every federation from this init (:func:`get_adapter` right after), never from
+    all-zero arrays: with A = 0 and B = 0 both gradients vanish and nothing trains.
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     if cfg.rank < 1:
@@ -95,10 +99,6 @@ def set_adapter(model: nn.Module, arrays: Mapping[str, np.ndarray]) -> nn.Module
                                  hint="use the same AdapterConfig on the server and every device")
             p.copy_(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))
     return model
-
-
-def zero_adapter(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.zeros_like(v) for k, v in arrays.items()}
 
 
 def adapter_bytes(arrays: Mapping[str, np.ndarray]) -> int:

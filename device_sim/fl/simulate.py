@@ -29,7 +29,7 @@ import numpy as np
 
 from .flower import FLSpec, env_for, make_client_app, make_server_app
 
-__all__ = ["run_federated", "eval_cohort", "personalize_eval", "centralized_eval"]
+__all__ = ["run_federated", "run_baselines", "eval_cohort", "personalize_eval", "centralized_eval", "paired", "run_secagg"]
 
 
 def eval_cohort(spec: FLSpec, env) -> list[str]:
@@ -49,13 +49,18 @@ def paired(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) ->
 
 
 def personalize_eval(spec: FLSpec, env, users, start: dict[str, np.ndarray], local=None) -> dict:
-    """Each user fine-tunes ``start`` on its own records (a fresh privacy ledger), then is scored."""
+    """Each user fine-tunes ``start`` on its own records, then is scored.
+
+    The personal adapter never leaves the device, so this step needs no DP (``local``
+    defaults to ``spec.local`` with DP off); only what is uploaded is privatised.
+    """
     from server.metrics import rank_metrics
 
     from .adapters import set_adapter
     from .local import local_train
 
-    local = local or spec.local
+    local = local or replace(spec.local, steps=spec.personal_steps, lr=spec.personal_lr,
+                             dp=replace(spec.local.dp, target_epsilon=None))
     ids, rel = [], []
     for k, u in enumerate(users):
         set_adapter(env.gm.model, start)
@@ -70,13 +75,13 @@ def personalize_eval(spec: FLSpec, env, users, start: dict[str, np.ndarray], loc
 
 def centralized_eval(spec: FLSpec, env, users, steps: int) -> dict:
     """The adapter trained in the cloud on every fleet device's records pooled (no DP)."""
-    from .adapters import get_adapter, set_adapter, zero_adapter
+    from .adapters import set_adapter
     from .local import LocalConfig, local_train
     from .setup import ndcg_eval
 
     srcs, tgts = zip(*(env.setup.records(u, max_records=spec.local.max_records) for u in env.users))
     src, tgt = np.concatenate(srcs), np.concatenate(tgts)
-    z = zero_adapter(get_adapter(env.gm.model))
+    z = env.init
     set_adapter(env.gm.model, z)
     cfg = LocalConfig(steps=steps, batch_size=spec.local.batch_size, lr=spec.local.lr, max_records=len(src),
                       dp=replace(spec.local.dp, target_epsilon=None))
@@ -86,6 +91,28 @@ def centralized_eval(spec: FLSpec, env, users, steps: int) -> dict:
            "records": int(len(src))}
     set_adapter(env.gm.model, z)
     return out
+
+
+def run_baselines(spec: FLSpec, env, users: list[str], run: dict, max_central_steps: int = 3000) -> dict:
+    """base / federated / personalized / local-only / centralized on ``users``, from a run's final adapter."""
+    final = {k: np.asarray(v, dtype=np.float32) for k, v in run["final_arrays"].items()} if run["final_arrays"] else dict(env.init)
+    zero = env.init  # B = 0: the base model's output
+    t1 = time.time()
+    b = {"base": ndcg_eval(env.setup, env.gm, users, zero, beam=spec.eval_beam, per_user=True),
+         "federated": ndcg_eval(env.setup, env.gm, users, final, beam=spec.eval_beam, per_user=True),
+         "personalized": personalize_eval(spec, env, users, final),
+         "local_only": personalize_eval(spec, env, users, zero)}
+    used = sum(r["used"] for r in run["rounds"] if not r["skipped"])
+    # equal compute: as many optimizer steps as all used clients ran together
+    b["centralized"] = centralized_eval(spec, env, users, max(1, min(used * spec.local.steps, max_central_steps)))
+    b["users"] = len(users)
+    b["personal_step"] = {"steps": spec.personal_steps, "lr": spec.personal_lr, "dp": "none (the personal adapter never leaves the device)"}
+    # paired differences against the base model on the same users (95% bootstrap CI)
+    b["vs_base"] = {k: paired(b[k]["per_user"], b["base"]["per_user"]) for k in ("federated", "personalized", "local_only")}
+    for k in ("base", "federated", "personalized", "local_only"):
+        b[k].pop("per_user")
+    b["seconds"] = time.time() - t1
+    return b
 
 
 def run_federated(spec: FLSpec, *, baselines: bool = True, personal_users: int = 300, progress: bool = True,
@@ -139,24 +166,7 @@ def run_federated(spec: FLSpec, *, baselines: bool = True, personal_users: int =
         r.pop("per_user", None)
     out["eval_users"] = len(users)
     if baselines:
-        final = {k: np.asarray(v, dtype=np.float32) for k, v in out["final_arrays"].items()} if out["final_arrays"] else None
-        zero = {k: np.zeros_like(v) for k, v in (final or {}).items()}
-        pu = users[:personal_users]
-        t1 = time.time()
-        b = {"base": ndcg_eval(env.setup, env.gm, pu, zero, beam=spec.eval_beam, per_user=True),
-             "federated": ndcg_eval(env.setup, env.gm, pu, final, beam=spec.eval_beam, per_user=True),
-             "personalized": personalize_eval(spec, env, pu, final),
-             "local_only": personalize_eval(spec, env, pu, zero)}
-        used = sum(r["used"] for r in out["rounds"] if not r["skipped"])
-        # equal compute: as many optimizer steps as all used clients ran together
-        b["centralized"] = centralized_eval(spec, env, pu, max(1, min(used * spec.local.steps, max_central_steps)))
-        b["users"] = len(pu)
-        # paired differences against the base model on the same users (95% bootstrap CI)
-        b["vs_base"] = {k: paired(b[k]["per_user"], b["base"]["per_user"]) for k in ("federated", "personalized", "local_only")}
-        for k in ("base", "federated", "personalized", "local_only"):
-            b[k].pop("per_user")
-        b["seconds"] = time.time() - t1
-        out["baselines"] = b
+        out["baselines"] = run_baselines(spec, env, users[:personal_users], out, max_central_steps)
     out["timing"]["total_s"] = time.time() - t_start
     if spec.result_path:
         p = Path(spec.result_path)
@@ -206,7 +216,7 @@ def run_secagg(spec: FLSpec, *, clients: int = 10, secure: bool = True, drop_fra
     env = env_for(spec)
     users = [u for u in env.users if len(env.setup.records(u)[0]) >= spec.min_records][:clients]
     keys = sorted(get_adapter(env.gm.model))
-    init = [np.zeros_like(get_adapter(env.gm.model)[k]) for k in keys]
+    init = [env.init[k] for k in keys]
     server_app, client_app = make_secagg_apps(secagg_fit_fn(spec, users), num_rounds=spec.rounds, initial_arrays=init,
                                               min_clients=len(users), secure=secure, drop_fraction=drop_fraction,
                                               drop_seed=spec.seed)
