@@ -95,6 +95,8 @@ def centralized_eval(spec: FLSpec, env, users, steps: int) -> dict:
 
 def run_baselines(spec: FLSpec, env, users: list[str], run: dict, max_central_steps: int = 3000) -> dict:
     """base / federated / personalized / local-only / centralized on ``users``, from a run's final adapter."""
+    from .setup import ndcg_eval
+
     final = {k: np.asarray(v, dtype=np.float32) for k, v in run["final_arrays"].items()} if run["final_arrays"] else dict(env.init)
     zero = env.init  # B = 0: the base model's output
     t1 = time.time()
