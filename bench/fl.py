@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", default="0.5,4,none", help="other epsilons to run (global-model curve)")
     ap.add_argument("--sweep-baselines", action="store_true")
     ap.add_argument("--all-users", action="store_true", help="also run all 6,040 users (no baselines)")
-    ap.add_argument("--only", choices=["main", "sweep", "all-users", "rebaseline", "report"], default=None,
+    ap.add_argument("--only", choices=["main", "sweep", "all-users", "rebaseline", "centralized", "report"], default=None,
                     help="rebaseline: recompute main's baselines from its saved final adapter; report: only rewrite the report")
     ap.add_argument("--lr", type=float, default=2e-2)
     ap.add_argument("--local-steps", type=int, default=10)
@@ -88,6 +88,16 @@ def main(argv=None) -> int:
         entry["baselines"] = run_baselines(sp, env, eval_cohort(sp, env)[:300], saved)
         results["runs"]["main-eps1"] = entry
         results["date"] = datetime.date.today().isoformat()
+        res_path.write_text(json.dumps(results))
+    if args.only == "centralized":  # recompute only the centralized baseline of the main run
+        from device_sim.fl.flower import env_for
+        from device_sim.fl.simulate import centralized_eval, eval_cohort
+
+        sp = spec(1.0, args.devices, "main-eps1")
+        env = env_for(sp)
+        b = results["runs"]["main-eps1"]["baselines"]
+        used = sum(r["used"] for r in results["runs"]["main-eps1"]["rounds"] if not r["skipped"])
+        b["centralized"] = centralized_eval(sp, env, eval_cohort(sp, env)[:300], max(1, min(used * sp.local.steps, 3000)))
         res_path.write_text(json.dumps(results))
     if args.all_users or args.only == "all-users":
         run("all-users-eps1", 1.0, None, False)

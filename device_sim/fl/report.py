@@ -222,7 +222,7 @@ def write_report(runs: Mapping[str, Mapping], out: str | Path, usage: Usage = Us
              f"and {fl['energy_j_per_participation']:.2f} J per participation, {fl['participations_per_day']:.3f} participations/day "
              f"(a round every {spec.hours_per_round:g} h).",
              "NDCG@10: cloud = adapter trained centrally on the pooled device records (what a cloud that sees all data gets); "
-             "device = federated global adapter + local DP fine-tune (personalized).",
+             "device = federated global adapter + a local fine-tune that never leaves the device (personalized, no DP needed).",
              "Radio energy: per-MB + one radio tail per request burst ([Huang12] LTE, [Bala09] WiFi); CPU: active power x device seconds."]
     md = ["# Federated personalization report", "", "## Cloud vs edge (from the simulation)", "",
           render_markdown(costs, usage, notes), "", "## Chapter's reported numbers (for reference, not measured here)", "",

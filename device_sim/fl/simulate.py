@@ -73,8 +73,12 @@ def personalize_eval(spec: FLSpec, env, users, start: dict[str, np.ndarray], loc
     return {**rank_metrics(ids, rel), "per_user": [rank_metrics([a], [b])["ndcg@10"] for a, b in zip(ids, rel)]}
 
 
-def centralized_eval(spec: FLSpec, env, users, steps: int) -> dict:
-    """The adapter trained in the cloud on every fleet device's records pooled (no DP)."""
+def centralized_eval(spec: FLSpec, env, users, steps: int, lr: float | None = None) -> dict:
+    """The adapter trained in the cloud on every fleet device's records pooled (no DP).
+
+    ``lr`` defaults to a tenth of the devices' (3,000 Adam steps at the devices' 2e-2
+    over-fitted the pooled records: NDCG@10 0.0255 against the base's 0.0941).
+    """
     from .adapters import set_adapter
     from .local import LocalConfig, local_train
     from .setup import ndcg_eval
@@ -83,11 +87,12 @@ def centralized_eval(spec: FLSpec, env, users, steps: int) -> dict:
     src, tgt = np.concatenate(srcs), np.concatenate(tgts)
     z = env.init
     set_adapter(env.gm.model, z)
-    cfg = LocalConfig(steps=steps, batch_size=spec.local.batch_size, lr=spec.local.lr, max_records=len(src),
+    lr = spec.local.lr / 10 if lr is None else lr
+    cfg = LocalConfig(steps=steps, batch_size=spec.local.batch_size, lr=lr, max_records=len(src),
                       dp=replace(spec.local.dp, target_epsilon=None))
     t0 = time.time()
     local_train(env.gm.model, src, tgt, cfg, None, seed=spec.seed)
-    out = {**ndcg_eval(env.setup, env.gm, users, beam=spec.eval_beam), "train_s": time.time() - t0, "steps": steps,
+    out = {**ndcg_eval(env.setup, env.gm, users, beam=spec.eval_beam), "train_s": time.time() - t0, "steps": steps, "lr": lr,
            "records": int(len(src))}
     set_adapter(env.gm.model, z)
     return out
