@@ -56,7 +56,7 @@ import numpy as np
 
 from .errors import BundleError
 
-__all__ = ["VersionManifest", "FileInfo", "TensorInfo", "tensor_sha256", "tensor_table", "merge_lora", "make_delta", "apply_delta",
+__all__ = ["list_versions", "VersionManifest", "FileInfo", "TensorInfo", "tensor_sha256", "tensor_table", "merge_lora", "make_delta", "apply_delta",
            "verify_tensors", "file_sha256", "write_json_atomic", "read_manifest", "verify_files", "read_tensors", "write_tensors",
            "parse_version", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "DELTA", "SEP"]
 
@@ -67,6 +67,21 @@ WEIGHTS = "weights.safetensors"
 DELTA = "delta.safetensors"
 SEP = "::"
 _VERSION_RE = re.compile(r"^v(\d+)\.(\d+)$")
+
+
+def list_versions(root) -> list[str]:
+    """Names of the version folders (``v<major>.<minor>``) directly under ``root``, oldest first."""
+    from pathlib import Path
+
+    out = []
+    for p in Path(root).iterdir():
+        if p.is_dir() and not p.name.startswith("."):
+            try:
+                parse_version(p.name)
+            except BundleError:
+                continue
+            out.append(p.name)
+    return sorted(out, key=parse_version)
 
 
 def parse_version(v: str) -> tuple[int, int]:

@@ -52,7 +52,7 @@ from typing import Callable
 
 import numpy as np
 
-from .delta import (MANIFEST, WEIGHTS, DELTA, FileInfo, VersionManifest, apply_delta, file_sha256, parse_version, read_manifest,
+from .delta import (MANIFEST, list_versions, WEIGHTS, DELTA, FileInfo, VersionManifest, apply_delta, file_sha256, parse_version, read_manifest,
                     read_tensors, verify_files, verify_tensors, write_json_atomic, write_tensors)
 from .errors import BundleError
 
@@ -134,15 +134,7 @@ class ModelStore:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def versions(self) -> list[str]:
-        out = []
-        for p in self.root.iterdir():
-            if p.is_dir() and not p.name.startswith("."):
-                try:
-                    parse_version(p.name)
-                except BundleError:
-                    continue
-                out.append(p.name)
-        return sorted(out, key=parse_version)
+        return list_versions(self.root)
 
     def current(self) -> str | None:
         p = self.root / CURRENT

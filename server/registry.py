@@ -47,7 +47,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from edge_gr.delta import (DELTA, MANIFEST, WEIGHTS, FileInfo, VersionManifest, apply_delta, file_sha256, make_delta,
+from edge_gr.delta import (DELTA, list_versions, MANIFEST, WEIGHTS, FileInfo, VersionManifest, apply_delta, file_sha256, make_delta,
                            parse_version, read_manifest, read_tensors, tensor_table, verify_files, verify_tensors,
                            write_json_atomic, write_tensors)
 from edge_gr.errors import BundleError
@@ -87,15 +87,7 @@ class Registry:
     # -- reading ---------------------------------------------------------------------
     def versions(self) -> list[str]:
         """Version names, oldest first (by major, minor)."""
-        out = []
-        for p in self.root.iterdir():
-            if p.is_dir() and not p.name.startswith("."):
-                try:
-                    parse_version(p.name)
-                except BundleError:
-                    continue
-                out.append(p.name)
-        return sorted(out, key=parse_version)
+        return list_versions(self.root)
 
     def path(self, version: str) -> Path:
         return self.root / version
