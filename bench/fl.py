@@ -111,6 +111,12 @@ def main(argv=None) -> int:
             r["global_vs_base"] = paired(ev[last]["per_user"], ev["0"]["per_user"])
             for v in ev.values():
                 v.pop("per_user", None)
+    for r in results["runs"].values():  # keep the JSON small: reply logs without the per-tensor shapes
+        for rr in r["rounds"]:
+            for e in rr["replies"]:
+                if isinstance(e.get("arrays"), dict):
+                    e["arrays"] = len(e["arrays"])
+                e.pop("records", None)
     res_path.write_text(json.dumps(results))
     order = ["main-eps1"] + [k for k in results["runs"] if k.startswith("sweep")] + [k for k in results["runs"] if k.startswith("all")]
     runs = {results["runs"][k]["label"] + (" (6040 dev)" if k.startswith("all") else ""): results["runs"][k] for k in order if k in results["runs"]}

@@ -24,7 +24,7 @@ Example (~15 s; the probe app's global arrays after one round are known)::
 
     >>> from device_sim.fl.deploy_app import expected_probe_value
     >>> with LocalFederation(num_supernodes=2) as fed:                        # doctest: +SKIP
-    ...     res = fed.run(PROBE_APP_DIR, run_config={"result-path": "/tmp/r.json"})
+    ...     res = fed.run(PROBE_APP_DIR, run_config={"result-path": "r.json"})
     >>> res.status                                                             # doctest: +SKIP
     'finished:completed'
 """
@@ -100,8 +100,8 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 def run_config_args(run_config: dict[str, Any]) -> list[str]:
     """``flwr run --run-config`` arguments, one per key, values as TOML.
 
-    >>> run_config_args({"result-path": "/tmp/a b.json", "min-nodes": 2, "lr": 0.5, "dp": True})
-    ['--run-config', 'result-path="/tmp/a b.json"', '--run-config', 'min-nodes=2', '--run-config', 'lr=0.5', '--run-config', 'dp=true']
+    >>> run_config_args({"result-path": "out/a b.json", "min-nodes": 2, "lr": 0.5, "dp": True})
+    ['--run-config', 'result-path="out/a b.json"', '--run-config', 'min-nodes=2', '--run-config', 'lr=0.5', '--run-config', 'dp=true']
     """
     args = []
     for key, value in run_config.items():
