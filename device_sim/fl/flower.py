@@ -196,7 +196,8 @@ def client_train(spec: FLSpec, msg, context):
     device_s = dev.profile.device_seconds(res.cpu_s) + transfer_time(bytes_down, net, "down") + transfer_time(up, net, "up")
     energy = task_energy_j(dev.profile, res.cpu_s, net, mb_up=up / 1e6, mb_down=bytes_down / 1e6)
     dev.battery.drain(energy)
-    metrics = {"num-examples": int(res.n_records), "loss": float(res.loss), "epsilon": float(res.epsilon),
+    # with central DP every report weighs the same (the clipped-update sensitivity is C / k)
+    metrics = {"num-examples": 1 if spec.central_dp else int(res.n_records), "loss": float(res.loss), "epsilon": float(res.epsilon),
                "sigma": float(res.sigma), "cpu-s": float(res.cpu_s), "device-s": float(device_s), "energy-j": float(energy)}
     if device_s > spec.deadline_s:
         return reply({**metrics, "declined": REASONS["deadline"]})
