@@ -56,7 +56,7 @@ import numpy as np
 
 from .errors import BundleError
 
-__all__ = ["list_versions", "VersionManifest", "FileInfo", "TensorInfo", "tensor_sha256", "tensor_table", "merge_lora", "make_delta", "apply_delta",
+__all__ = ["list_versions", "write_text_atomic", "VersionManifest", "FileInfo", "TensorInfo", "tensor_sha256", "tensor_table", "merge_lora", "make_delta", "apply_delta",
            "verify_tensors", "file_sha256", "write_json_atomic", "read_manifest", "verify_files", "read_tensors", "write_tensors",
            "parse_version", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "WEIGHTS", "DELTA", "SEP"]
 
@@ -294,17 +294,22 @@ class VersionManifest:
 
 
 # -- files ------------------------------------------------------------------------------
-def write_json_atomic(path: str | os.PathLike, doc, *, fsync: bool = True) -> Path:
-    """Write JSON to a temp file beside ``path``, fsync, then ``os.replace`` (all or nothing)."""
+def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = True) -> Path:
+    """Write ``text`` to a temp file beside ``path``, fsync, then ``os.replace`` (all or nothing)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
+        f.write(text)
         if fsync:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def write_json_atomic(path: str | os.PathLike, doc, *, fsync: bool = True) -> Path:
+    """:func:`write_text_atomic` of ``doc`` as JSON."""
+    return write_text_atomic(path, json.dumps(doc, indent=1), fsync=fsync)
 
 
 def read_manifest(folder: str | os.PathLike) -> VersionManifest:

@@ -52,7 +52,7 @@ from typing import Callable
 
 import numpy as np
 
-from .delta import (MANIFEST, list_versions, WEIGHTS, DELTA, FileInfo, VersionManifest, apply_delta, file_sha256, parse_version, read_manifest,
+from .delta import (MANIFEST, list_versions, write_text_atomic, WEIGHTS, DELTA, FileInfo, VersionManifest, apply_delta, file_sha256, parse_version, read_manifest,
                     read_tensors, verify_files, verify_tensors, write_json_atomic, write_tensors)
 from .errors import BundleError
 
@@ -173,12 +173,7 @@ class ModelStore:
                           hint="install a full version (Registry.update_package(None, VERSION, ...))")
 
     def _set_current(self, version: str) -> None:
-        tmp = self.root / f".{CURRENT}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / CURRENT)
+        write_text_atomic(self.root / CURRENT, version + "\n")
         _fsync_dir(self.root)
 
     def switch(self, version: str) -> None:

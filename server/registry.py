@@ -47,7 +47,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from edge_gr.delta import (DELTA, list_versions, MANIFEST, WEIGHTS, FileInfo, VersionManifest, apply_delta, file_sha256, make_delta,
+from edge_gr.delta import (DELTA, list_versions, write_text_atomic, MANIFEST, WEIGHTS, FileInfo, VersionManifest, apply_delta, file_sha256, make_delta,
                            parse_version, read_manifest, read_tensors, tensor_table, verify_files, verify_tensors,
                            write_json_atomic, write_tensors)
 from edge_gr.errors import BundleError
@@ -292,12 +292,7 @@ class Registry:
         self.verify(version)
         with self._lock():
             old = self.current()
-            tmp = self.root / f".{CURRENT}.{os.getpid()}.tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(version + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / CURRENT)
+            write_text_atomic(self.root / CURRENT, version + "\n")
             with open(self.root / HISTORY, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"time": VersionManifest.now(), "from": old, "to": version, "reason": reason}) + "\n")
 

@@ -22,7 +22,6 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -300,11 +299,9 @@ def server_main(spec: FLSpec, grid, context, evaluate_fn: Callable | None = None
            "evaluation": evals, "wall_s": time.time() - t0,
            "final_arrays": {k: v.numpy().tolist() for k, v in result.arrays.items()} if result.arrays else None}
     if spec.result_path:
-        p = Path(spec.result_path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out))
-        tmp.replace(p)
+        from server.io import write_json
+
+        write_json(spec.result_path, out)
     return out
 
 

@@ -19,11 +19,9 @@ the comparison points the report needs:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
@@ -176,10 +174,9 @@ def run_federated(spec: FLSpec, *, baselines: bool = True, personal_users: int =
         out["baselines"] = run_baselines(spec, env, users[:personal_users], out, max_central_steps)
     out["timing"]["total_s"] = time.time() - t_start
     if spec.result_path:
-        p = Path(spec.result_path)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(out))
-        tmp.replace(p)
+        from server.io import write_json
+
+        write_json(spec.result_path, out)
     return out
 
 
