@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
-import numpy as np
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read when flwr is imported
 
-from .adapters import AdapterConfig
-from .local import DPConfig, LocalConfig
-from .setup import FLData
+import numpy as np  # noqa: E402
+from flwr.serverapp.strategy import Strategy  # noqa: E402
+
+from .adapters import AdapterConfig  # noqa: E402
+from .local import DPConfig, LocalConfig  # noqa: E402
+from .setup import FLData  # noqa: E402
 
 __all__ = ["FLSpec", "EdgeStrategy", "REASONS", "make_client_app", "make_server_app", "wire_bytes",
            "ALLOWED_REPLY_METRICS"]
@@ -220,14 +224,11 @@ def make_client_app(spec: FLSpec):
 
 
 # -- server ------------------------------------------------------------------------------
-class EdgeStrategy:
+class EdgeStrategy(Strategy):
     """Wraps a Flower strategy: over-selection, declines, deadlines, min clients, reply log."""
 
     def __init__(self, inner, clients_per_round: int, min_clients: int, log: list):
-        from flwr.serverapp.strategy import Strategy
-
         self.inner, self.k, self.min_clients, self.log = inner, clients_per_round, min_clients, log
-        self.__class__ = type("EdgeStrategy", (EdgeStrategy, Strategy), {})  # a real Strategy subclass for start()
 
     def configure_train(self, server_round, arrays, config, grid):
         return self.inner.configure_train(server_round, arrays, config, grid)

@@ -85,13 +85,12 @@ def prepare(d: FLData, cache: str | Path | None = ".cache/edge_gr/fl", progress:
     cloud = RecData(data.name + "-cloud", data.items, {u: fsplit.cloud_history(u) for u in fsplit.train})
     cloud_split = cloud.split(min_len=3)
     path = Path(cache) / d.key() / "base" if cache else None
-    if path is not None and (path / "weights.safetensors").exists() or (path is not None and any(path.glob("*"))):
+    gm = None
+    if path is not None and path.is_dir():
         try:
             gm = GenerativeModel.load(path)
         except Exception:  # a stale or partial cache: retrain
             gm = None
-    else:
-        gm = None
     if gm is None:
         ids = rec_ids(cloud, cloud_split, RecPreset(dataset=d.dataset, levels=d.levels, collab_dim=d.collab_dim))
         mcfg = GRConfig(**{**d.model.to_dict(), "levels": tuple(d.model.levels)})
