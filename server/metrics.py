@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-__all__ = ["rank_metrics", "first_hit_rank"]
+__all__ = ["rank_metrics", "first_hit_rank", "hit_positions", "per_query", "paired_bootstrap"]
 
 
 def first_hit_rank(ranked: Sequence[str], relevant: set[str] | frozenset[str]) -> int | None:
@@ -50,3 +50,50 @@ def rank_metrics(
     out["ndcg@10"] = ndcg / n
     out["mrr@10"] = mrr / n
     return out
+
+
+def hit_positions(ranked: Iterable[Sequence[str]], relevant: Iterable[set[str] | frozenset[str]], depth: int = 10) -> list[int]:
+    """Per query, the 0-based rank of the first relevant id in the top ``depth``, or -1.
+
+    >>> hit_positions([["a", "b"], ["c"]], [{"b"}, {"x"}])
+    [1, -1]
+    """
+    out = []
+    for ranks, rel in zip(ranked, relevant):
+        pos = first_hit_rank(list(ranks)[:depth], rel)
+        out.append(-1 if pos is None else pos)
+    return out
+
+
+def per_query(positions: Sequence[int], metric: str) -> list[float]:
+    """One metric per query from :func:`hit_positions` (``recall@k``, ``ndcg@10``, ``mrr@10``).
+
+    >>> per_query([0, 3, -1], "recall@1"), [round(x, 3) for x in per_query([0, 3, -1], "ndcg@10")]
+    ([1.0, 0.0, 0.0], [1.0, 0.431, 0.0])
+    """
+    if metric.startswith("recall@"):
+        k = int(metric.split("@")[1])
+        return [1.0 if 0 <= p < k else 0.0 for p in positions]
+    if metric == "ndcg@10":
+        return [1.0 / math.log2(p + 2) if 0 <= p < 10 else 0.0 for p in positions]
+    if metric == "mrr@10":
+        return [1.0 / (p + 1) if 0 <= p < 10 else 0.0 for p in positions]
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
+    """Mean of ``a - b`` over paired queries and its percentile bootstrap CI (queries resampled).
+
+    >>> r = paired_bootstrap([1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0], n_boot=200)
+    >>> r["diff"], r["ci_low"] <= r["diff"] <= r["ci_high"]
+    (0.5, True)
+    """
+    import numpy as np
+
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.size == 0:
+        raise ValueError("paired_bootstrap needs at least one pair")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.percentile(means, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {"diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi), "n": int(len(d)), "n_boot": n_boot}

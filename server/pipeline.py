@@ -22,8 +22,11 @@ from .data.base import RecData, RetrievalData
 from .evaluate import evaluate_rec, evaluate_retrieval
 from .generative import GenerativeModel
 from .model import GRConfig
+from .embed import default_cache_dir
 from .semantic_ids import build_ids, collab_embeddings, fuse
-from .train import TrainConfig, train_rec, train_retrieval
+from .peers.dense import DenseFinetuneConfig
+from .sampling import SamplerConfig
+from .train import TrainConfig, retrieval_texts, train_rec, train_retrieval
 
 __all__ = ["RecPreset", "RetrievalPreset", "REC_PRESETS", "RETRIEVAL_PRESETS", "run_rec", "run_retrieval",
            "rec_ids", "retrieval_ids", "load_rec_data", "load_retrieval_data"]
@@ -44,45 +47,60 @@ class RecPreset:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, batch_size=128, lr=2e-3, eval_queries=1000, patience=10))
     # SASRec's strongest setting found on ML-1M validation (dropout 0.1, lr 2e-3, long patience)
     sasrec: dict = field(default_factory=lambda: {"max_len": 200, "epochs": 300, "patience": 30, "dropout": 0.1, "lr": 2e-3})
+    seeds: tuple[int, ...] = (0, 1, 2)
     latency_queries: int = 200
 
 
 @dataclass
 class RetrievalPreset:
+    dataset: str = "bible"          # bible | a folder with docs.jsonl[.gz] (+ optional query / doc_texts files)
     books: list[str] | None = None
     max_verses: int | None = None
-    train_windows: int = 2          # windows per verse per training translation
-    levels: tuple[int, ...] = (32, 32, 32)
-    id_method: Literal["rq", "hkm"] = "hkm"
+    max_valid: int = 2000           # Bible validation verses (their held-out translation is not trained on)
+    train_windows: int = 0          # fixed windows per verse per training translation (> 0 only for the fixed-list ablation)
+    docs_only: bool = False         # ablation: train on the documents' own text only (a user with no queries)
+    levels: tuple[int, ...] = (32, 32)
+    id_method: Literal["rq", "hkm", "bhkm"] = "bhkm"
     beam: int = 20
     vocab_size: int = 8000
-    index_windows: int = 2
+    index_windows: int = 2          # fixed-list ablation only
+    # examples cut afresh every step (server.sampling); None = the fixed-list ablation
+    sampler: SamplerConfig | None = field(default_factory=lambda: SamplerConfig(batch_size=4096, whole_per_batch=256, window=(3, 12)))
     model: GRConfig = field(default_factory=lambda: GRConfig(d_model=256, n_heads=4, max_len=32, dropout=0.1, n_enc_layers=4, n_dec_layers=2))
-    # batch 1024 / lr 3e-3 reached validation Recall@10 0.35 after 7.4 H200-minutes vs 0.27 for batch 256 / lr 1e-3 (2026-11-26)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=70, batch_size=1024, lr=3e-3, warmup_steps=200, eval_queries=2000, beam=20, patience=8))
+    # 18 x 1000 steps of 4,352 examples (a GPU: bf16, fused AdamW, EMA); the time cap keeps a slow GPU within 15 minutes
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=18, steps_per_epoch=1000, lr=2e-3, warmup_steps=500, ema=0.999,
+                                                                   eval_queries=2000, beam=20, patience=4, max_minutes=14.0))
+    dense_finetune: DenseFinetuneConfig | None = field(default_factory=lambda: DenseFinetuneConfig(steps=1500, batch_size=512))
+    seeds: tuple[int, ...] = (0,)
     latency_queries: int = 200
 
 
 REC_PRESETS = {
     "demo": RecPreset(dataset="ml-100k", levels=(32, 32, 32), collab_dim=32, beam=50,
                       model=GRConfig(d_model=64, n_heads=2, max_len=50, dropout=0.2),
-                      train=TrainConfig(epochs=20, batch_size=64, lr=2e-3, eval_queries=300, max_minutes=3.0, threads=2),
-                      sasrec={"max_len": 50, "epochs": 40, "patience": 5, "d_model": 64}),
+                      train=TrainConfig(epochs=20, batch_size=64, lr=2e-3, eval_queries=300, threads=2),
+                      sasrec={"max_len": 50, "epochs": 40, "patience": 5, "d_model": 64}, seeds=(0,)),
     "full": RecPreset(),
     "tiny": RecPreset(dataset="ml-100k", max_users=120, levels=(8, 8), collab_dim=8, beam=10,
                       model=GRConfig(d_model=32, n_heads=2, max_len=20, dropout=0.1, n_enc_layers=1, n_dec_layers=1),
                       train=TrainConfig(epochs=2, batch_size=32, eval_queries=20, progress=False),
-                      sasrec={"max_len": 20, "epochs": 2, "patience": 1, "d_model": 32}, latency_queries=10),
+                      sasrec={"max_len": 20, "epochs": 2, "patience": 1, "d_model": 32}, latency_queries=10, seeds=(0,)),
 }
 RETRIEVAL_PRESETS = {
-    "demo": RetrievalPreset(books=["John"], levels=(10, 10, 10), beam=20,
+    # CPU: bounded by steps (10 x 150 of 288 examples), never by the clock
+    "demo": RetrievalPreset(books=["John"], levels=(10, 10), beam=20, max_valid=200,
+                            sampler=SamplerConfig(batch_size=256, whole_per_batch=32, window=(3, 12)),
                             model=GRConfig(d_model=128, n_heads=4, max_len=24, dropout=0.1, n_enc_layers=2, n_dec_layers=2),
-                            train=TrainConfig(epochs=25, batch_size=128, lr=2e-3, eval_queries=500, beam=20, max_minutes=3.0, threads=2),
+                            train=TrainConfig(epochs=10, steps_per_epoch=150, lr=2e-3, warmup_steps=100, ema=0.99, eval_queries=200,
+                                              beam=20, patience=4, threads=2),
+                            dense_finetune=DenseFinetuneConfig(steps=150, batch_size=64, warmup_steps=15),
                             vocab_size=4000),
     "full": RetrievalPreset(),
-    "tiny": RetrievalPreset(books=["Jude"], levels=(4, 4), beam=10, train_windows=1, vocab_size=300, index_windows=1,
+    "tiny": RetrievalPreset(books=["Jude"], levels=(4, 4), beam=10, max_valid=8, vocab_size=300,
+                            sampler=SamplerConfig(batch_size=32, whole_per_batch=8, window=(2, 8)),
                             model=GRConfig(d_model=32, n_heads=2, max_len=16, n_enc_layers=1, n_dec_layers=1),
-                            train=TrainConfig(epochs=2, batch_size=32, eval_queries=10, beam=10, progress=False),
+                            train=TrainConfig(epochs=2, steps_per_epoch=5, eval_queries=8, beam=10, progress=False),
+                            dense_finetune=DenseFinetuneConfig(steps=2, batch_size=8, warmup_steps=1, progress=False),
                             latency_queries=10),
 }
 
@@ -94,14 +112,36 @@ def load_rec_data(p: RecPreset) -> RecData:
 
     if p.dataset in DATASETS:
         return load_movielens(p.dataset, max_users=p.max_users)
+    from edge_gr.errors import DataError
+
+    from .data.jsonl import _find
+
     folder = Path(p.dataset)
-    return load_rec_jsonl(folder / "items.jsonl", folder / "interactions.jsonl", name=folder.name)
+    items, inter = (_find(folder, "items"), _find(folder, "interactions")) if folder.is_dir() else (None, None)
+    if items is None or inter is None:
+        raise DataError(f"{p.dataset!r} is not a recommendation data set",
+                        hint="use ml-1m, ml-100k or a folder holding items.jsonl[.gz] and interactions.jsonl[.gz]")
+    return load_rec_jsonl(items, inter, name=folder.name)
 
 
 def load_retrieval_data(p: RetrievalPreset) -> RetrievalData:
-    from .data.bible import load_bible
+    """The Bible (``dataset="bible"``) or a user's folder (:func:`server.data.jsonl.load_retrieval_folder`)."""
+    from edge_gr.errors import DataError
 
-    return load_bible(books=p.books, max_verses=p.max_verses, train_windows=p.train_windows)
+    from .data.bible import load_bible
+    from .data.jsonl import load_retrieval_folder
+
+    if p.dataset == "bible":
+        data = load_bible(books=p.books, max_verses=p.max_verses, train_windows=p.train_windows, max_valid=p.max_valid)
+    elif Path(p.dataset).is_dir():
+        data = load_retrieval_folder(p.dataset)
+    else:
+        raise DataError(f"unknown retrieval data set {p.dataset!r}",
+                        hint="use bible, or a folder holding docs.jsonl[.gz] (+ optional train_queries / test_queries)")
+    if p.docs_only:  # a user with documents and nothing else: drop other texts and training queries
+        data.doc_texts, data.train = {}, []
+        data.notes += "; docs-only ablation: trained on windows of the documents' own text only"
+    return data
 
 
 # -- IDs -------------------------------------------------------------------------
@@ -133,6 +173,9 @@ class _GenRec:
     def rank(self, histories, k=10, exclude_seen=False):
         return self.gm.rank(histories, k, beam=self.beam, exclude_seen=exclude_seen)
 
+    def for_latency(self):
+        self.gm.model.to("cpu")
+
     def n_params(self):
         return self.gm.model.n_params()
 
@@ -159,6 +202,9 @@ class _SafeRec:
                 out[i] = r
         return out
 
+    def for_latency(self):
+        self.peer.model.to("cpu")
+
     def n_params(self):
         return self.peer.n_params()
 
@@ -177,8 +223,18 @@ def _say(msg: str) -> None:
 
 
 # -- the jobs ----------------------------------------------------------------------
+def _train_info(log: list[dict], minutes: float, device: str) -> dict:
+    eps = [e["examples_per_s"] for e in log if "examples_per_s" in e]
+    info = {"train_minutes": minutes, "train_examples_per_s": float(np.mean(eps)) if eps else None}
+    if device.startswith("cuda"):
+        info["gpu_minutes"] = minutes
+    return info
+
+
 def run_rec(p: RecPreset, *, out_dir: str | Path | None = None, device: str | None = None) -> dict:
-    """IDs -> generative model -> popularity + SASRec peers -> same-run comparison."""
+    """IDs -> generative model -> popularity + SASRec peers -> same-run comparison, one run per seed
+    of ``p.seeds`` for both trained methods (means, std, and a paired bootstrap CI over users)."""
+    from .evaluate import combine_seeds, compare_methods
     from .peers.popularity import PopularityPeer
     from .peers.sasrec import SASRecConfig, train_sasrec
 
@@ -186,65 +242,104 @@ def run_rec(p: RecPreset, *, out_dir: str | Path | None = None, device: str | No
     t0 = time.time()
     data = load_rec_data(p)
     split = data.split()
-    _say(f"{data.name}: {len(data.items):,} items, {len(split.train):,} users")
+    _say(f"{data.name}: {len(data.items):,} items, {len(split.train):,} users; seeds {list(p.seeds)}")
     ids = rec_ids(data, split, p)
     _say(f"semantic IDs ({p.id_source}, {p.id_method}) levels={ids.levels} stats={ids.stats()}")
-    tcfg = replace(p.train, device=device)
-    t = time.time()
-    gm, log = train_rec(split, data.items, ids, replace(p.model), tcfg)
-    gm.meta["dataset"] = p.dataset
-    gen_minutes = (time.time() - t) / 60
-    gm.model.to("cpu")
-    if out_dir:
-        gm.save(Path(out_dir) / "rec-model")
-    t = time.time()
-    scfg = SASRecConfig(**{**p.sasrec, "device": device, **({"seed": p.train.seed})})
-    sas = train_sasrec(split, [i.id for i in data.items], scfg, progress=p.train.progress)
-    sas_minutes = (time.time() - t) / 60
-    sas.model.to("cpu")
-    sas.cfg.device = "cpu"
     pop = PopularityPeer().fit(split, [i.id for i in data.items], include_valid=True)
-    methods = {"edge-gr-teacher": _GenRec(gm, p.beam), "sasrec": _SafeRec(sas, pop), "popularity": pop}
-    res = evaluate_rec(methods, split, latency_queries=p.latency_queries)
-    res["edge-gr-teacher"]["train_minutes"] = gen_minutes
-    res["sasrec"]["train_minutes"] = sas_minutes
+    per_seed: dict[str, list] = {"edge-gr-teacher": [], "sasrec": []}
+    logs = []
+    for seed in p.seeds:
+        t = time.time()
+        gm, log = train_rec(split, data.items, ids, replace(p.model), replace(p.train, device=device, seed=seed))
+        gm.meta["dataset"] = p.dataset
+        gen = _train_info(log, (time.time() - t) / 60, device)
+        gm.model.to("cpu")
+        if out_dir:
+            gm.save(Path(out_dir) / ("rec-model" if seed == p.seeds[0] else f"rec-model-seed{seed}"))
+        t = time.time()
+        scfg = SASRecConfig(**{"max_minutes": p.train.max_minutes, **p.sasrec, "device": device, "seed": seed})
+        sas = train_sasrec(split, [i.id for i in data.items], scfg, progress=p.train.progress)
+        sas_info = {"train_minutes": (time.time() - t) / 60}
+        sas.model.to("cpu")
+        sas.cfg.device = "cpu"
+        methods = {"edge-gr-teacher": _GenRec(gm, p.beam), "sasrec": _SafeRec(sas, pop)}
+        res = evaluate_rec(methods, split, latency_queries=p.latency_queries)
+        per_seed["edge-gr-teacher"].append(res["edge-gr-teacher"] | gen | {"seed": seed})
+        per_seed["sasrec"].append(res["sasrec"] | sas_info | {"seed": seed})
+        logs.append(log)
+    res = {name: combine_seeds(runs) for name, runs in per_seed.items()}
+    res["popularity"] = evaluate_rec({"popularity": pop}, split, latency_queries=p.latency_queries)["popularity"]
+    comparison = {"edge-gr-teacher - sasrec": compare_methods(res["edge-gr-teacher"], res["sasrec"])}
     return {"dataset": data.name, "n_items": len(data.items), "n_users": len(split.test_target),
             "protocol": "leave-one-out by timestamp; full ranking over all items; main keys keep seen items, 'seen_removed' removes them",
             "ids": ids.stats() | {"source": p.id_source, "method": p.id_method},
             "sasrec_impl": "own faithful SASRec (server/peers/sasrec.py), full-softmax CE on all positions",
-            "train_device": device, "preset": _preset_dict(p), "minutes": (time.time() - t0) / 60,
-            "generative_log": log, "methods": res}
+            "train_device": device, "preset": _preset_dict(p), "minutes": (time.time() - t0) / 60, "seeds": list(p.seeds),
+            "comparison": comparison, "generative_log": logs[0], "methods": res}
+
+
+def retrieval_peers(data: RetrievalData, p: RetrievalPreset, *, device: str, out_dir: Path | None = None,
+                    finetuned: Path | None = None, dense: bool = True) -> dict:
+    """The peers a user would pick instead, all on the same data: BM25 over the docs, BM25 over
+    the docs expanded with the texts edge-gr trains on, dense MiniLM pretrained, and (with
+    ``p.dense_finetune``, or a saved ``finetuned`` folder) MiniLM fine-tuned on the same examples."""
+    from .peers.bm25 import BM25Peer
+    from .peers.dense import DensePeer, finetune_minilm, load_finetuned
+
+    texts, _, queries = retrieval_texts(data)
+    expansions = {d.id: [*data.doc_texts.get(d.id, [])] for d in data.docs}
+    for q, row in queries:
+        expansions[data.docs[row].id].append(q)
+    peers = {"bm25": BM25Peer().fit(data.docs)}
+    if any(expansions.values()):
+        peers["bm25-expanded"] = BM25Peer().fit(data.docs, expansions)
+    if not dense:
+        return peers
+    peers["dense-minilm"] = DensePeer().fit(data.docs)
+    if finetuned is None and p.dense_finetune is not None:
+        folder = Path(out_dir or default_cache_dir() / "dense") / "dense-minilm-finetuned"
+        t = time.time()
+        finetuned = finetune_minilm(texts, [d.text for d in data.docs], folder, replace(p.dense_finetune, device=device), queries)
+        _say(f"fine-tuned MiniLM in {(time.time() - t) / 60:.1f} min -> {finetuned}")
+    if finetuned is not None:
+        peers["dense-minilm-finetuned"] = load_finetuned(finetuned).fit(data.docs)
+    return peers
 
 
 def run_retrieval(p: RetrievalPreset, *, out_dir: str | Path | None = None, device: str | None = None) -> dict:
-    """IDs -> generative retriever (+ indexing task) -> BM25 + dense MiniLM peers -> same-run comparison."""
-    from .peers.bm25 import BM25Peer
-    from .peers.dense import DensePeer
+    """IDs -> generative retriever (examples sampled afresh every step) -> BM25 (+ expanded) and
+    dense MiniLM (pretrained + fine-tuned on the same examples) -> same-run comparison."""
+    from .evaluate import combine_seeds
 
     device = device or _device()
     t0 = time.time()
     data = load_retrieval_data(p)
-    _say(f"{data.name}: {len(data.docs):,} docs, {len(data.train):,} train / {len(data.test):,} test queries")
+    _say(f"{data.name}: {len(data.docs):,} docs, {len(data.train):,} train queries, "
+         f"{sum(len(v) for v in data.doc_texts.values()):,} extra doc texts, {len(data.valid):,} valid / {len(data.test):,} test queries")
     ids = retrieval_ids(data, p)
     _say(f"semantic IDs ({p.id_method}) levels={ids.levels} stats={ids.stats()}")
-    t = time.time()
-    gm, log = train_retrieval(data, ids, replace(p.model), replace(p.train, device=device), vocab_size=p.vocab_size,
-                              index_windows=p.index_windows)
-    gen_minutes = (time.time() - t) / 60
-    gm.model.to("cpu")
-    if out_dir:
-        gm.save(Path(out_dir) / "retrieval-model")
-    bm25 = BM25Peer().fit(data.docs)
-    dense = DensePeer().fit(data.docs)
-    methods = {"edge-gr-teacher": _GenSearch(gm, p.beam), "bm25": bm25, "dense-minilm": dense}
-    res = evaluate_retrieval(methods, data.test, latency_queries=p.latency_queries)
-    res["edge-gr-teacher"]["train_minutes"] = gen_minutes
+    runs, logs = [], []
+    for seed in p.seeds:
+        t = time.time()
+        gm, log = train_retrieval(data, ids, replace(p.model), replace(p.train, device=device, seed=seed), vocab_size=p.vocab_size,
+                                  sampler=p.sampler, index_windows=p.index_windows)
+        info = _train_info(log, (time.time() - t) / 60, device)
+        gm.model.to("cpu")
+        if out_dir:
+            gm.save(Path(out_dir) / ("retrieval-model" if seed == p.seeds[0] else f"retrieval-model-seed{seed}"))
+        r = evaluate_retrieval({"edge-gr-teacher": _GenSearch(gm, p.beam)}, data.test, latency_queries=p.latency_queries)
+        runs.append(r["edge-gr-teacher"] | info | {"seed": seed})
+        logs.append(log)
+    peers = retrieval_peers(data, p, device=device, out_dir=Path(out_dir) if out_dir else None)
+    res = {"edge-gr-teacher": combine_seeds(runs)} | evaluate_retrieval(peers, data.test, latency_queries=p.latency_queries)
     return {"dataset": data.name, "n_docs": len(data.docs), "n_test_queries": len(data.test),
-            "protocol": "WEB 6-word windows (held-out translation); full ranking over all docs; a hit on any verse with identical KJV text counts",
-            "ids": ids.stats() | {"method": p.id_method}, "train_device": device, "preset": _preset_dict(p),
-            "minutes": (time.time() - t0) / 60, "generative_log": log, "methods": res}
+            "protocol": data.test_label + "; full ranking over all docs" +
+                        ("; a hit on any verse with identical KJV text counts" if data.name == "bible" else ""),
+            "notes": data.notes, "ids": ids.stats() | {"method": p.id_method}, "train_device": device, "preset": _preset_dict(p),
+            "minutes": (time.time() - t0) / 60, "seeds": list(p.seeds), "generative_log": logs[0], "methods": res}
 
 
 def _preset_dict(p) -> dict:
     d = asdict(p)
+    d = {k: v for k, v in d.items()}
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}

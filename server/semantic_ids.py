@@ -9,7 +9,13 @@ factorisation) or their fusion. k-means is faiss'.
 * ``hkm`` hierarchical k-means (DSI / NCI): level l re-clusters the members of each
   level-(l-1) cluster on their own.
 
-Both append one more digit that numbers the items sharing a prefix (closest to the
+* ``bhkm`` balanced (capacity-constrained) hierarchical k-means: as ``hkm``, but each
+  node's members are assigned to its k centroids under a capacity of ``ceil(n / k)``, so
+  every leaf holds about ``n / prod(levels)`` items. With ``levels=(32, 32)`` on 31k
+  verses the appended digit (the rank in the leaf) ranges over <= 31 codes, where plain
+  ``hkm`` leaves held up to 181 items.
+
+All three append one more digit that numbers the items sharing a prefix (closest to the
 cell centre first), so every ID is unique; that digit's range is the largest bucket.
 
 >>> X = np.random.default_rng(0).normal(size=(200, 8)).astype("float32")
@@ -27,7 +33,7 @@ import numpy as np
 from edge_gr.errors import InputError
 from edge_gr.ids import SemanticIds
 
-__all__ = ["build_ids", "residual_kmeans", "hierarchical_kmeans", "collab_embeddings", "fuse", "add_suffix"]
+__all__ = ["build_ids", "residual_kmeans", "hierarchical_kmeans", "balanced_hierarchical_kmeans", "collab_embeddings", "fuse", "add_suffix"]
 
 
 def _kmeans(X: np.ndarray, k: int, seed: int, niter: int = 25) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +71,47 @@ def hierarchical_kmeans(X: np.ndarray, levels: Sequence[int], seed: int = 0) -> 
         if depth == len(levels):
             return
         C, a = _kmeans(X[idx], levels[depth], seed + depth)
+        codes[idx, depth] = a
+        dist[idx] = np.linalg.norm(X[idx] - C[a], axis=1)
+        for c in np.unique(a):
+            rec(idx[a == c], depth + 1)
+
+    rec(np.arange(len(X)), 0)
+    return codes, dist
+
+
+def _balanced_assign(X: np.ndarray, C: np.ndarray, cap: int) -> np.ndarray:
+    """Nearest-centroid assignment with at most ``cap`` points per centroid: all (point,
+    centroid) pairs in order of distance, each taken if the point is free and the centroid
+    has room (greedy; faiss has no capacity-constrained assignment)."""
+    D = (X * X).sum(1)[:, None] - 2 * X @ C.T + (C * C).sum(1)[None, :]  # (n, k) squared distances
+    order = np.argsort(D, axis=None, kind="stable")
+    pts, cls = np.unravel_index(order, D.shape)
+    assign = np.full(len(X), -1, dtype=np.int64)
+    room = np.full(len(C), cap, dtype=np.int64)
+    left = len(X)
+    for p, c in zip(pts.tolist(), cls.tolist()):
+        if assign[p] < 0 and room[c] > 0:
+            assign[p] = c
+            room[c] -= 1
+            left -= 1
+            if left == 0:
+                break
+    return assign
+
+
+def balanced_hierarchical_kmeans(X: np.ndarray, levels: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Hierarchical k-means with capacity ``ceil(n / k)`` per cluster at every node."""
+    X = np.asarray(X, dtype=np.float32)
+    codes = np.zeros((len(X), len(levels)), dtype=np.int64)
+    dist = np.zeros(len(X), dtype=np.float32)
+
+    def rec(idx: np.ndarray, depth: int) -> None:
+        if depth == len(levels) or len(idx) <= 1:
+            return
+        k = min(levels[depth], len(idx))
+        C, _ = _kmeans(X[idx], k, seed + depth)
+        a = _balanced_assign(X[idx], C, -(-len(idx) // len(C)))
         codes[idx, depth] = a
         dist[idx] = np.linalg.norm(X[idx] - C[a], axis=1)
         for c in np.unique(a):
@@ -141,7 +188,7 @@ def build_ids(
     embeddings: np.ndarray,
     *,
     levels: Sequence[int] = (64, 64, 64),
-    method: Literal["rq", "hkm"] = "rq",
+    method: Literal["rq", "hkm", "bhkm"] = "rq",
     seed: int = 0,
     meta: dict | None = None,
 ) -> SemanticIds:
@@ -153,9 +200,9 @@ def build_ids(
         raise InputError("the catalogue is empty", hint="pass at least one item")
     if any(k < 1 for k in levels):
         raise InputError(f"every level needs >= 1 code, got {tuple(levels)}", hint="use e.g. --levels 64,64,64")
-    fn = {"rq": residual_kmeans, "hkm": hierarchical_kmeans}.get(method)
+    fn = {"rq": residual_kmeans, "hkm": hierarchical_kmeans, "bhkm": balanced_hierarchical_kmeans}.get(method)
     if fn is None:
-        raise InputError(f"unknown ID method {method!r}", hint="use 'rq' or 'hkm'")
+        raise InputError(f"unknown ID method {method!r}", hint="use 'rq', 'hkm' or 'bhkm'")
     codes, key = fn(E, levels, seed)
     codes, n_suffix = add_suffix(codes, key)
     # Shrink each level to the codes k-means actually produced (k' <= k when n is small).

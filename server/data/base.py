@@ -51,7 +51,10 @@ class Query:
 @dataclass
 class RetrievalData:
     """Documents plus train / test queries. ``index_queries`` are doc-text -> id
-    pseudo-queries for the indexing task (DSI's "memorise the corpus" half)."""
+    pseudo-queries for the indexing task (DSI's "memorise the corpus" half).
+    ``doc_texts[doc id]`` are other texts that describe a document (e.g. other
+    translations of a verse): training windows are cut from them as from the doc text,
+    and the expanded BM25 peer indexes them. ``test_label`` says what the test set is."""
 
     name: str
     docs: list[Item]
@@ -60,6 +63,8 @@ class RetrievalData:
     valid: list[Query] = field(default_factory=list)
     index_queries: list[Query] = field(default_factory=list)
     notes: str = ""
+    doc_texts: dict[str, list[str]] = field(default_factory=dict)
+    test_label: str = "held-out queries"
 
 
 @dataclass

@@ -269,6 +269,7 @@ def load_bible(
     window: int = 6,
     train_windows: int = 2,
     max_valid: int = 2000,
+    valid_holdout: bool | None = None,
 ) -> RetrievalData:
     """KJV verses as documents; ASV/Darby/YLT windows to train on, WEB windows to test on.
 
@@ -278,6 +279,13 @@ def load_bible(
     translation, one WEB test window, and (for at most ``max_valid`` seeded verses) one
     validation window from a training translation at a start its training windows did
     not use. Same arguments, same output.
+
+    ``doc_texts[id]`` holds each verse's whole ASV / Darby / YLT texts (cleaned words),
+    the source of freshly sampled training windows (:mod:`server.sampling`). With
+    ``valid_holdout`` (the default when ``train_windows == 0``, i.e. the sampled recipe)
+    each validation verse's query comes from one training translation (seeded) whose text
+    is then left out of that verse's ``doc_texts`` and of ``train``: validation is a
+    translation the model never saw for that verse, as the test is.
 
     >>> d = load_bible(books=["Jude"], train_windows=1)
     >>> d.test[0].qid, sorted(d.test[0].relevant)
@@ -307,12 +315,24 @@ def load_bible(
     ]
     index_queries = [Query(f"KJV:{ids[v]}", tr.kjv[v], relevant[v]) for v in verse_ids]
 
+    if valid_holdout is None:
+        valid_holdout = train_windows == 0
+    picked = set(sorted(verse_ids, key=lambda v: _hash(seed, "valid_pick", v))[:max_valid])
+    held: dict[int, str] = {}
+    if valid_holdout:
+        for v in (v for v in verse_ids if v in picked):
+            codes = [c for c in _TRAIN_TRANSLATIONS if tr.words[c].get(v)]
+            if len(codes) > 1:  # keep at least one training text per verse
+                held[v] = codes[_hash(seed, "valid", v) % len(codes)]
+    doc_texts = {ids[v]: [" ".join(tr.words[c][v]) for c in _TRAIN_TRANSLATIONS if tr.words[c].get(v) and held.get(v) != c]
+                 for v in verse_ids}
+
     train: list[Query] = []
     used: dict[tuple[str, int], set[int]] = {}
     for v in verse_ids:
         for code in _TRAIN_TRANSLATIONS:
             words = tr.words[code].get(v)
-            if not words or train_windows == 0:
+            if not words or train_windows == 0 or held.get(v) == code:
                 continue
             n = _n_starts(words, window)
             starts = _draws(seed, code, v, n, train_windows)
@@ -328,8 +348,11 @@ def load_bible(
             test.append(Query(f"{_TEST_TRANSLATION}:{ids[v]}", _window(words, start, window), relevant[v]))
 
     valid = []
-    picked = set(sorted(verse_ids, key=lambda v: _hash(seed, "valid_pick", v))[:max_valid])
-    for v in (v for v in verse_ids if v in picked):
+    for v, code in held.items():
+        words = tr.words[code][v]
+        start = _draws(seed, "valid", v, _n_starts(words, window), 1)[0]
+        valid.append(Query(f"valid:{code}:{ids[v]}", _window(words, start, window), relevant[v]))
+    for v in (v for v in verse_ids if v in picked and not valid_holdout):
         for code in _TRAIN_TRANSLATIONS:
             words = tr.words[code].get(v)
             if not words:
@@ -343,11 +366,13 @@ def load_bible(
     notes = (
         f"KJV verses as documents ({len(docs)}); queries are {window}-word windows of the same verse in "
         f"other translations: train from ASV/Darby/YLT ({train_windows} per verse each), "
-        f"valid = one unused training-translation window for up to {max_valid} seeded verses, "
-        f"test = one WEB window per verse (seed {seed}). {n_dup} of these KJV verses share their exact "
+        + (f"valid = one window of a training translation held out (from training) for each of up to {max_valid} seeded verses, "
+           if valid_holdout else f"valid = one unused training-translation window for up to {max_valid} seeded verses, ")
+        + f"test = one WEB window per verse (seed {seed}). {n_dup} of these KJV verses share their exact "
         "cleaned text with another verse, so a hit on any verse with identical text counts "
         "(`relevant` holds them all) and Recall@1 = 1.0 is impossible. "
         "Doc ids are Book.Chapter.Verse with spaces removed from the book title (1John.4.8)."
     )
     return RetrievalData(name="bible", docs=docs, train=train, test=test, valid=valid,
-                         index_queries=index_queries, notes=notes)
+                         index_queries=index_queries, notes=notes, doc_texts=doc_texts,
+                         test_label=f"WEB {window}-word windows (held-out translation)")

@@ -26,7 +26,7 @@ from .base import Item, Query, RecData, RetrievalData
 __all__ = [
     "read_items", "read_queries", "read_interactions",
     "write_items", "write_queries", "write_interactions",
-    "load_rec_jsonl", "load_retrieval_jsonl",
+    "load_rec_jsonl", "load_retrieval_jsonl", "load_retrieval_folder", "read_doc_texts", "write_doc_texts",
 ]
 
 
@@ -154,3 +154,104 @@ def load_retrieval_jsonl(docs_path, train_path, test_path, name: str = "jsonl", 
         _check_known(p, ids, (r for q in qs for r in q.relevant), "relevant ids")
     index = [Query(f"index:{d.id}", d.text, frozenset([d.id])) for d in docs]
     return RetrievalData(name=name, docs=docs, train=train, test=test, valid=valid, index_queries=index)
+
+
+def read_doc_texts(path: str | os.PathLike, ids: set[str]) -> dict[str, list[str]]:
+    """Extra texts per document: ``{"id": str, "texts": [str, ...]}`` per line (e.g. other
+    translations, titles, descriptions); every id must be a document's."""
+    out: dict[str, list[str]] = {}
+    for n, rec in _records(path):
+        did = str(_field(path, n, rec, "id", (str, int)))
+        texts = _field(path, n, rec, "texts", list)
+        if did not in ids:
+            raise DataError(f"{path}:{n}: id {did!r} is not in the docs file", hint="add that document or drop the line")
+        if not all(isinstance(t, str) for t in texts):
+            raise DataError(f"{path}:{n}: 'texts' must be a list of strings", hint='write e.g. {"id": "d1", "texts": ["..."]}')
+        out.setdefault(did, []).extend(t for t in texts if t.strip())
+    return out
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for ext in (".jsonl", ".jsonl.gz"):
+        if (folder / f"{stem}{ext}").is_file():
+            return folder / f"{stem}{ext}"
+    return None
+
+
+def _seeded_order(keys: list[str], seed: int, salt: str) -> list[int]:
+    import hashlib
+
+    h = [hashlib.blake2b(f"{seed}:{salt}:{k}".encode(), digest_size=8).digest() for k in keys]
+    return sorted(range(len(keys)), key=lambda i: h[i])
+
+
+def _window_queries(docs: list[Item], rows: list[int], seed: int, salt: str, window: int) -> list[Query]:
+    import random
+
+    out = []
+    for i in rows:
+        words = docs[i].text.split()
+        r = random.Random(f"{seed}:{salt}:{docs[i].id}")
+        s = r.randrange(max(1, len(words) - window + 1))
+        out.append(Query(f"{salt}:{docs[i].id}", " ".join(words[s:s + window]), frozenset([docs[i].id])))
+    return out
+
+
+def load_retrieval_folder(folder: str | os.PathLike, *, seed: int = 0, max_eval: int = 2000, window: int = 6) -> RetrievalData:
+    """A user's retrieval data: ``FOLDER/docs.jsonl[.gz]`` and, optionally,
+    ``train_queries``, ``valid_queries``, ``test_queries`` (``{"qid", "text", "relevant"}``)
+    and ``doc_texts`` (``{"id", "texts"}``) files, each ``.jsonl`` or ``.jsonl.gz``.
+
+    * No training queries: the model trains on windows of the documents (and
+      ``doc_texts``) alone.
+    * No validation queries: a seeded 10% of the training queries (at most ``max_eval``)
+      is held out for validation; with no training queries either, validation is a
+      ``window``-word window of up to ``max_eval`` seeded documents.
+    * No test queries: the test set is one ``window``-word window of up to ``max_eval``
+      seeded documents, **in-sample** (the model trains on windows of the same documents),
+      so it measures how well the catalogue was memorised, not generalisation; the result
+      says so in ``test_label``.
+
+    Malformed lines, an empty docs file, duplicate ids and unknown ``relevant`` ids raise
+    :class:`DataError` naming the file (and line).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder", hint="pass a folder holding docs.jsonl (and optionally train_queries.jsonl / test_queries.jsonl)")
+    docs_path = _find(folder, "docs")
+    if docs_path is None:
+        raise DataError(f"{folder} has no docs.jsonl or docs.jsonl.gz",
+                        hint='write one document per line: {"id": "d1", "text": "..."}')
+    docs = read_items(docs_path)
+    ids = {d.id for d in docs}
+    if not any(d.text.split() for d in docs):
+        raise DataError(f"{docs_path}: every document text is empty", hint="give the documents some text")
+    files = {k: _find(folder, f"{k}_queries") for k in ("train", "valid", "test")}
+    qs = {k: (read_queries(p) if p else []) for k, p in files.items()}
+    for k, p in files.items():
+        if p:
+            _check_known(p, ids, (r for q in qs[k] for r in q.relevant), "relevant ids")
+    doc_texts = read_doc_texts(_find(folder, "doc_texts"), ids) if _find(folder, "doc_texts") else {}
+    notes, label = [f"{len(docs)} docs from {docs_path.name}"], "test_queries"
+    if not files["valid"] and qs["train"]:
+        order = _seeded_order([q.qid for q in qs["train"]], seed, "valid")
+        held = set(order[:min(max_eval, max(1, len(order) // 10))]) if len(order) > 1 else set()
+        qs["valid"] = [q for i, q in enumerate(qs["train"]) if i in held]
+        qs["train"] = [q for i, q in enumerate(qs["train"]) if i not in held]
+        notes.append(f"valid = a seeded {len(qs['valid'])} of the training queries (held out of training)")
+    order = _seeded_order([d.id for d in docs], seed, "eval")
+    if not qs["valid"]:
+        qs["valid"] = _window_queries(docs, order[:max_eval], seed, "valid-window", window)
+        notes.append("valid = document windows (in-sample)")
+    if not files["test"]:
+        qs["test"] = _window_queries(docs, order[:max_eval], seed, "test-window", window)
+        label = f"document windows, {window} words, in-sample (no test_queries file: measures memorisation, not generalisation)"
+        notes.append("test = " + label)
+    notes.append(f"{len(qs['train'])} training queries" if qs["train"] else "no training queries: trained on document windows only")
+    index = [Query(f"index:{d.id}", d.text, frozenset([d.id])) for d in docs]
+    return RetrievalData(name=folder.name, docs=docs, train=qs["train"], test=qs["test"], valid=qs["valid"],
+                         index_queries=index, notes="; ".join(notes), doc_texts=doc_texts, test_label=label)
+
+
+def write_doc_texts(path, doc_texts: dict[str, list[str]]) -> Path:
+    return _write(path, ({"id": k, "texts": v} for k, v in doc_texts.items()))

@@ -49,13 +49,18 @@ class BM25Peer:
             texts, stopwords="en", stemmer=self._stemmer, return_ids=return_ids, show_progress=False
         )
 
-    def fit(self, docs: list[Item]) -> "BM25Peer":
-        """Index ``docs``; returns ``self``."""
+    def fit(self, docs: list[Item], expansions: dict[str, list[str]] | None = None) -> "BM25Peer":
+        """Index ``docs``; returns ``self``. ``expansions[doc id]``: more text indexed as part of
+        that doc (document expansion - the same texts the generative model trains on, so the
+        comparison is fair; the method is then reported as ``bm25-expanded``)."""
         if not docs:
             raise DataError("BM25Peer.fit got no documents", hint="pass at least one Item")
         self._ids = [d.id for d in docs]
+        if expansions:
+            self.name = "bm25-expanded"
+        texts = [" ".join([d.text, *(expansions or {}).get(d.id, [])]) for d in docs]
         retriever = self._bm25s.BM25()
-        retriever.index(self._tokenize([d.text for d in docs], return_ids=True), show_progress=False)
+        retriever.index(self._tokenize(texts, return_ids=True), show_progress=False)
         self._retriever = retriever
         return self
 

@@ -80,6 +80,7 @@ class SASRecConfig:
     patience: int = 30  # stop after this many epochs without a better validation NDCG@10 (it is noisy: keep it >= 20)
     eval_batch_size: int = 512  # users per batch when ranking
     device: str = "cpu"  # torch device, e.g. "cuda"
+    max_minutes: float | None = None  # optional time budget, checked after every step (same rule as the generative model)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -320,6 +321,7 @@ def train_sasrec(
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         best, best_state, bad = -1.0, None, 0
+        t_start, out_of_time = time.perf_counter(), False
         bar = tqdm(range(cfg.epochs), desc="sasrec", disable=not progress)
         for epoch in bar:
             t0 = time.perf_counter()
@@ -338,6 +340,9 @@ def train_sasrec(
                 opt.step()
                 total += loss.item() * int(valid.sum())
                 n_pos += int(valid.sum())
+                if cfg.max_minutes is not None and time.perf_counter() - t_start >= cfg.max_minutes * 60:
+                    out_of_time = True
+                    break
             model.eval()
             m = _evaluate(peer, val_hists, val_targets) if val_hists else {"ndcg@10": 0.0, "recall@10": 0.0}
             secs = time.perf_counter() - t0
@@ -351,7 +356,7 @@ def train_sasrec(
             else:
                 bad += 1
             bar.set_postfix(loss=f"{total / max(n_pos, 1):.3f}", ndcg=f"{m['ndcg@10']:.4f}", best=f"{best:.4f}")
-            if bad >= cfg.patience:
+            if bad >= cfg.patience or out_of_time:
                 break
         bar.close()
     if best_state is not None:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The Bible GPU run behind bench/results/core.json (one H200): the generative teacher and the
+# fine-tuned MiniLM peer trained side by side, then the peers evaluated in one process.
+# Needs .cache/bench_stage (python bench/core.py stage) incl. minilm/ (fp16 copy of the weights)
+# and .whl/ (bm25s + PyStemmer wheels for the host's Python). Writes everything under $OUT.
+set -u
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 OMP_NUM_THREADS=4
+export EDGE_GR_MINILM_DIR=$PWD/.cache/bench_stage/minilm EDGE_GR_EXACT_NUMPY=1 EDGE_GR_EMBED_DEVICE=cuda
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+CK=/tmp/ck; L=/tmp/logs; mkdir -p $CK $L
+MIN=${TEACHER_MINUTES:-7.5}
+python3 bench/core.py train-retrieval --device cuda --threads 4 --train-json "{\"max_minutes\": $MIN}" --out $CK > $L/teacher.log 2>&1 &
+T=$!
+python3 bench/core.py finetune-dense --device cuda --train-json "{\"steps\": ${DENSE_STEPS:-1200}}" --out $CK > $L/dense.log 2>&1
+python3 bench/core.py eval --tasks retrieval --device cuda --ckpts $CK --results $OUT/core-bible-peers.json --hits-out $OUT/bible-peers-hits.json > $L/eval-peers.log 2>&1
+wait $T
+nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv > $L/gpu.txt
+python3 - <<'PY'
+# the teacher back in fp16 (one file under the transfer limit); loading upcasts to fp32
+import os, shutil, tarfile, pathlib
+from safetensors.torch import load_file, save_file
+src = pathlib.Path("/tmp/ck/retrieval-seed0")
+ck = pathlib.Path("/tmp/fp16/retrieval-seed0")
+shutil.rmtree(ck, ignore_errors=True)
+shutil.copytree(src, ck)
+sd = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src / "model.safetensors")).items()}
+save_file(sd, str(ck / "model.safetensors"))
+with tarfile.open(os.environ["OUT"] + "/retrieval-seed0.tar.gz", "w:gz") as t:
+    t.add(ck, arcname="retrieval-seed0")
+    t.add("/tmp/ck/retrieval-seed0.json", arcname="retrieval-seed0.json")
+PY
+cp $CK/*.json $L/ 2>/dev/null
+rm -f $OUT/*.png
+tar -czf $OUT/logs.tar.gz -C /tmp logs
+tail -n 3 $L/teacher.log $L/dense.log $L/eval-peers.log
