@@ -16,6 +16,7 @@ same code on either machine:
     python bench/core.py train-retrieval --seed 0 --device cuda --out CK [--docs-only]
     python bench/core.py finetune-dense --device cuda --out CK
     python bench/core.py eval --tasks rec,retrieval --ckpts CK   # every method on the same test queries, one process
+    python bench/core.py merge A.json B.json [--patch P.json]   # sections evaluated elsewhere -> bench/results/core.json
     bench/gpu_rec.sh / bench/gpu_retrieval.sh                    # the GPU runs as made for this table (parallel seeds)
 
 Settings are picked on validation data only: the rec variant with the best mean
@@ -339,9 +340,44 @@ def evaluate(args) -> None:
     print(f"wrote {out_path}")
 
 
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def merge(args) -> None:
+    """Combine the data-set sections of eval results made elsewhere (e.g. on the GPU host) into
+    ``--results``; ``--patch`` files are deep-merged on top (a method re-evaluated in another process)."""
+    from server.io import write_json
+
+    out_path = Path(args.results)
+    res = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    for part in args.parts:
+        p = json.loads(Path(part).read_text())
+        for k, v in p.items():
+            if isinstance(v, dict) and "methods" in v:
+                res[k] = v
+    for patch in args.patch or []:
+        res = _deep_merge(res, json.loads(Path(patch).read_text()))
+    res.update({"date": datetime.date.today().isoformat(),
+                "note": "each data set's metrics and 1-thread CPU latency were measured in one eval process on its 'machine' "
+                        "(methods evaluated elsewhere say so under 'measured_in'); training machine per method under 'trained_on'"})
+    res.pop("machine", None)
+    write_json(out_path, res)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from plot_core import main as plot
+
+    plot(out_path)
+    print(f"wrote {out_path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["stage", "train-rec", "train-sasrec", "train-retrieval", "finetune-dense", "eval"])
+    ap.add_argument("stage", choices=["stage", "train-rec", "train-sasrec", "train-retrieval", "finetune-dense", "eval", "merge"])
+    ap.add_argument("parts", nargs="*", help="merge: eval result files whose data-set sections go into --results")
+    ap.add_argument("--patch", action="append", help="merge: JSON deep-merged on top (repeatable)")
     ap.add_argument("--stage-dir", default=str(STAGE))
     ap.add_argument("--tasks", default="rec,retrieval", help="eval: which data sets")
     ap.add_argument("--device", default="cpu")
@@ -359,7 +395,7 @@ def main() -> None:
     ap.add_argument("--extra", default=None, help="eval retrieval: a --hits-out file of another eval process to merge methods from")
     args = ap.parse_args()
     {"stage": stage, "train-rec": train_rec_cmd, "train-sasrec": train_sasrec_cmd, "train-retrieval": train_retrieval_cmd,
-     "finetune-dense": finetune_dense_cmd, "eval": evaluate}[args.stage](args)
+     "finetune-dense": finetune_dense_cmd, "eval": evaluate, "merge": merge}[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,8 @@
 # Needs .cache/bench_stage (python bench/core.py stage), .whl/ (bm25s + PyStemmer) and, for the
 # Bible eval, .cache/gpu_a/ (the teacher tarball and the peers' hits file from bench/gpu_retrieval.sh).
 set -u
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
-export EDGE_GR_MINILM_DIR=$PWD/.cache/bench_stage/minilm EDGE_GR_EXACT_NUMPY=1 EDGE_GR_EMBED_DEVICE=cuda
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-CK=/tmp/ck; L=/tmp/logs; mkdir -p $CK $L
+source bench/gpu_env.sh
+export OMP_NUM_THREADS=1
 MIN=${REC_MINUTES:-5.5}
 for s in 0 1 2; do
   for v in ${REC_VARIANTS:-base ema}; do

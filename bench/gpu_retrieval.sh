@@ -4,10 +4,8 @@
 # Needs .cache/bench_stage (python bench/core.py stage) incl. minilm/ (fp16 copy of the weights)
 # and .whl/ (bm25s + PyStemmer wheels for the host's Python). Writes everything under $OUT.
 set -u
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 OMP_NUM_THREADS=4
-export EDGE_GR_MINILM_DIR=$PWD/.cache/bench_stage/minilm EDGE_GR_EXACT_NUMPY=1 EDGE_GR_EMBED_DEVICE=cuda
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-CK=/tmp/ck; L=/tmp/logs; mkdir -p $CK $L
+source bench/gpu_env.sh
+export OMP_NUM_THREADS=4
 MIN=${TEACHER_MINUTES:-7.5}
 python3 bench/core.py train-retrieval --device cuda --threads 4 --train-json "{\"max_minutes\": $MIN}" --out $CK > $L/teacher.log 2>&1 &
 T=$!

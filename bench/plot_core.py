@@ -36,7 +36,7 @@ def main(path: Path = RESULTS / "core.json") -> Path:
         ax.set_ylabel("p50 ms per query, 1 thread")
         ax.set_title(f"{key}: latency")
         ax.tick_params(axis="x", rotation=15)
-    fig.suptitle(f"edge-gr core benchmark - {res.get('date')} - {res.get('machine')}", fontsize=9)
+    fig.suptitle(f"edge-gr core benchmark - {res.get('date')} - {res.get('machine') or res[sets[0]].get('machine')}", fontsize=9)
     fig.tight_layout()
     out = path.with_suffix(".png")
     fig.savefig(out, dpi=110)

@@ -32,16 +32,28 @@ def _levels(s: str) -> tuple[int, ...]:
     return out
 
 
+def _tasks(args) -> list[str]:
+    task = getattr(args, "task", None)
+    return ["rec", "retrieval"] if task in (None, "all") else [task]
+
+
 def _presets(args):
     from .pipeline import REC_PRESETS, RETRIEVAL_PRESETS
 
     rec = replace(REC_PRESETS[args.preset])
     ret = replace(RETRIEVAL_PRESETS[args.preset])
     if getattr(args, "dataset", None):
-        rec.dataset = args.dataset
-    if getattr(args, "epochs", None):
+        tasks = _tasks(args)
+        if len(tasks) != 1:
+            raise EdgeGRError("--dataset names the data of one task", hint="add --task rec or --task retrieval")
+        if tasks[0] == "rec":
+            rec.dataset = args.dataset
+        else:
+            ret.dataset = args.dataset
+    if getattr(args, "epochs", None):  # the same kind of budget for the generative model and its trained peer
         rec.train = replace(rec.train, epochs=args.epochs)
         ret.train = replace(ret.train, epochs=args.epochs)
+        rec.sasrec = {**rec.sasrec, "epochs": args.epochs}
     if getattr(args, "levels", None):
         rec.levels = ret.levels = args.levels
     return rec, ret
@@ -86,7 +98,10 @@ def _run(args, tasks: list[str]) -> dict:
     if "rec" in tasks:
         res["movielens"] = run_rec(rec, out_dir=ckpt, device=args.device)
     if "retrieval" in tasks:
-        res["bible"] = run_retrieval(ret, out_dir=ckpt, device=args.device)
+        res["bible" if ret.dataset == "bible" else "retrieval"] = run_retrieval(ret, out_dir=ckpt, device=args.device)
+    from .evaluate import strip_private
+
+    res = strip_private(res)
     if out:
         from .io import write_json
 
@@ -121,11 +136,11 @@ def cmd_ids(args) -> None:
 
     rec, ret = _presets(args)
     if args.task == "rec":
-        rec.id_source, rec.id_method = args.source, args.method
+        rec.id_source, rec.id_method = args.source, args.method or rec.id_method
         data = load_rec_data(rec)
         ids = rec_ids(data, data.split(), rec)
     else:
-        ret.id_method = args.method
+        ret.id_method = args.method or ret.id_method
         ids = retrieval_ids(load_retrieval_data(ret), ret)
     ids.save(args.out)
     print(json.dumps(ids.stats(), indent=1))
@@ -146,7 +161,8 @@ def cmd_train(args) -> None:
     else:
         data = load_retrieval_data(ret)
         gm, _ = train_retrieval(data, retrieval_ids(data, ret), replace(ret.model), replace(ret.train, device=dev),
-                                vocab_size=ret.vocab_size, index_windows=ret.index_windows)
+                                vocab_size=ret.vocab_size, sampler=ret.sampler, index_windows=ret.index_windows)
+        gm.meta["dataset"] = ret.dataset
     gm.model.to("cpu")
     gm.save(args.out)
     print(f"wrote {args.out} ({gm.model.n_params():,} parameters)")
@@ -263,9 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp, tasks=("rec", "retrieval")):
         sp.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo", help="data size and model/training config (default: demo)")
         sp.add_argument("--device", default=None, help="torch device for training (default: cuda if available, else cpu)")
-        sp.add_argument("--epochs", type=int, default=None, help="override the preset's maximum epochs")
+        sp.add_argument("--epochs", type=int, default=None, help="override the preset's maximum epochs (generative model and SASRec)")
         sp.add_argument("--levels", type=_levels, default=None, help="codes per ID level, e.g. 64,64,64 (a collision-free digit is appended)")
-        sp.add_argument("--dataset", default=None, help="rec data: ml-1m, ml-100k or a folder with items.jsonl + interactions.jsonl")
+        sp.add_argument("--dataset", default=None, help="with --task rec: ml-1m, ml-100k or a folder with items.jsonl[.gz] + "
+                        "interactions.jsonl[.gz]; with --task retrieval: bible or a folder with docs.jsonl[.gz] "
+                        "(+ optional train_queries / valid_queries / test_queries / doc_texts .jsonl[.gz])")
 
     sp = sub.add_parser("demo", help="run both comparisons on the small default data and print them")
     common(sp)
@@ -284,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--task", choices=["rec", "retrieval"], required=True)
     sp.add_argument("--source", choices=["collab", "text", "fusion"], default="collab", help="rec: what the IDs are built from")
-    sp.add_argument("--method", choices=["rq", "hkm"], default="rq", help="residual or hierarchical k-means")
+    sp.add_argument("--method", choices=["rq", "hkm", "bhkm"], default=None,
+                    help="residual, hierarchical or balanced hierarchical k-means (default: the preset's)")
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_ids)
 

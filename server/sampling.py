@@ -134,6 +134,8 @@ class WindowSampler:
         self.c = corpus.to(self.device)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(int(seed))
+        q, L = self.c.q_tokens, cfg.max_len  # queries were tokenized at the corpus' max_len: fit them to ours
+        self.c.q_tokens = q[:, :L] if q.shape[1] >= L else torch.nn.functional.pad(q, (0, L - q.shape[1]))
         self._has_own = bool((self.c.own_text >= 0).any())
         self._own_docs = torch.nonzero(self.c.own_text >= 0).flatten()
 

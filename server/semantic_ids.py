@@ -61,16 +61,19 @@ def residual_kmeans(X: np.ndarray, levels: Sequence[int], seed: int = 0) -> tupl
     return codes, np.linalg.norm(R, axis=1)
 
 
-def hierarchical_kmeans(X: np.ndarray, levels: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """NCI-style: cluster, then cluster each cluster's members on their own."""
+def hierarchical_kmeans(X: np.ndarray, levels: Sequence[int], seed: int = 0, *, balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """NCI-style: cluster, then cluster each cluster's members on their own. With ``balanced``
+    every node assigns its members under a capacity of ``ceil(n / k)`` per cluster."""
     X = np.asarray(X, dtype=np.float32)
     codes = np.zeros((len(X), len(levels)), dtype=np.int64)
     dist = np.zeros(len(X), dtype=np.float32)
 
     def rec(idx: np.ndarray, depth: int) -> None:
-        if depth == len(levels):
+        if depth == len(levels) or len(idx) <= 1:  # a single member keeps code 0, distance 0
             return
         C, a = _kmeans(X[idx], levels[depth], seed + depth)
+        if balanced:
+            a = _balanced_assign(X[idx], C, -(-len(idx) // len(C)))
         codes[idx, depth] = a
         dist[idx] = np.linalg.norm(X[idx] - C[a], axis=1)
         for c in np.unique(a):
@@ -102,23 +105,7 @@ def _balanced_assign(X: np.ndarray, C: np.ndarray, cap: int) -> np.ndarray:
 
 def balanced_hierarchical_kmeans(X: np.ndarray, levels: Sequence[int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Hierarchical k-means with capacity ``ceil(n / k)`` per cluster at every node."""
-    X = np.asarray(X, dtype=np.float32)
-    codes = np.zeros((len(X), len(levels)), dtype=np.int64)
-    dist = np.zeros(len(X), dtype=np.float32)
-
-    def rec(idx: np.ndarray, depth: int) -> None:
-        if depth == len(levels) or len(idx) <= 1:
-            return
-        k = min(levels[depth], len(idx))
-        C, _ = _kmeans(X[idx], k, seed + depth)
-        a = _balanced_assign(X[idx], C, -(-len(idx) // len(C)))
-        codes[idx, depth] = a
-        dist[idx] = np.linalg.norm(X[idx] - C[a], axis=1)
-        for c in np.unique(a):
-            rec(idx[a == c], depth + 1)
-
-    rec(np.arange(len(X)), 0)
-    return codes, dist
+    return hierarchical_kmeans(X, levels, seed, balanced=True)
 
 
 def add_suffix(codes: np.ndarray, order_key: np.ndarray) -> tuple[np.ndarray, int]:

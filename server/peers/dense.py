@@ -176,7 +176,10 @@ def finetune_minilm(texts: list[list[str]], docs: list[str], out_dir: Path, cfg:
 
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    try:  # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    except ImportError:  # older releases (e.g. on a GPU host's image)
+        from sentence_transformers.losses import MultipleNegativesRankingLoss
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
