@@ -97,23 +97,37 @@ class VariantPolicy:
     margin        hysteresis: a battery tier is left upwards only at threshold + margin
     sizes_mb      per-variant memory footprint; without it memory is not considered
     min_dwell_s   a variant is kept at least this long before stepping *up* (needs state.t)
-    order         all known variant names, cheapest first (default :data:`LADDER`)
+    order         all known precisions, cheapest first (default :data:`LADDER`)
+    precision_of  variant name -> its precision (a bundle's names, e.g. ``"onnxruntime-int8"``);
+                  without it a variant's name is its precision. :meth:`from_bundle` fills it
+                  from a bundle's manifest. One variant per precision is kept (the first given).
 
     >>> p = VariantPolicy(["fp32", "int8"])        # no fp16, no int4 in this bundle
     >>> p.choose(DeviceState(0.9)), p.choose(DeviceState(0.1))
     ('fp32', 'int8')
+    >>> q = VariantPolicy(["ort-fp32", "ort-int8"], precision_of={"ort-fp32": "fp32", "ort-int8": "int8"})
+    >>> q.choose(DeviceState(0.9)), q.choose(DeviceState(0.1))
+    ('ort-fp32', 'ort-int8')
     """
 
     def __init__(self, variants: Iterable[str], *, thresholds: Sequence[tuple[float, str]] = ((0.20, "int4"), (0.50, "int8")),
                  default: str = "fp16", margin: float = 0.05, sizes_mb: Mapping[str, float] | None = None,
-                 min_dwell_s: float = 0.0, order: Sequence[str] = LADDER):
+                 min_dwell_s: float = 0.0, order: Sequence[str] = LADDER, precision_of: Mapping[str, str] | None = None):
         self.order = tuple(order)
-        rank = {v: i for i, v in enumerate(self.order)}
+        level = {v: i for i, v in enumerate(self.order)}
         variants = list(variants)
-        self.variants = tuple(sorted({v for v in variants if v in rank}, key=rank.__getitem__))  # cheapest first
+        prec = dict(precision_of or {})
+        by_level: dict[int, str] = {}
+        for v in variants:
+            lv = level.get(prec.get(v, v))
+            if lv is not None:
+                by_level.setdefault(lv, v)
+        self.variants = tuple(by_level[lv] for lv in sorted(by_level))  # cheapest first
         if not self.variants:
-            raise InputError(f"none of the bundle's variants {variants} is a known variant",
-                             hint=f"name variants among {', '.join(self.order)} or pass order=[...] cheapest first")
+            raise InputError(f"none of the bundle's variants {variants} has a known precision",
+                             hint=f"name variants among {', '.join(self.order)}, pass precision_of={{name: precision}}, "
+                                  "or build the policy with VariantPolicy.from_bundle(retriever)")
+        rank = {**level, **{v: lv for lv, v in by_level.items()}}  # precisions and variant names -> level
         self.thresholds = tuple((float(b), v) for b, v in thresholds)
         for b, v in self.thresholds + ((1.0, default),):
             if v not in rank:
@@ -128,6 +142,34 @@ class VariantPolicy:
             raise InputError(f"sizes_mb lacks {missing}", hint="give a size for every variant of the bundle, or none")
         self._rank = rank
         self._last: Decision | None = None
+
+    @classmethod
+    def from_bundle(cls, source, *, backend: str | None = None, with_sizes: bool = False, **kwargs) -> "VariantPolicy":
+        """A policy over a real bundle's variants, ranked by the precision its manifest records.
+
+        ``source`` is a loaded :class:`~edge_gr.runtime.Retriever` (its serving variant's backend
+        is used, so a switch never changes runtime) or a :class:`~edge_gr.bundle.BundleManifest`
+        (``backend`` picks one; default: the first variant's). ``with_sizes`` passes each
+        variant's file size as ``sizes_mb`` (the free-memory rule). Other keywords go to the
+        constructor.
+
+        >>> r = edge_gr.load("bundle/")                              # doctest: +SKIP
+        >>> VariantSwitcher(r, VariantPolicy.from_bundle(r)).update(DeviceState(battery=0.3))   # doctest: +SKIP
+        'onnxruntime-int8'
+        """
+        manifest = getattr(source, "manifest", source)
+        variants = list(getattr(manifest, "variants", None) or [])
+        if not variants:
+            raise InputError("no bundle variants to choose from", hint="pass a loaded Retriever or a BundleManifest")
+        if backend is None:
+            serving = getattr(source, "variant", None)
+            backend = next((v.backend for v in variants if v.name == serving), variants[0].backend)
+        chosen = sorted((v for v in variants if v.backend == backend), key=lambda v: v.size)  # smallest first per precision
+        if not chosen:
+            raise InputError(f"the bundle has no {backend!r} variant", hint=f"use one of {sorted({v.backend for v in variants})}")
+        if with_sizes:
+            kwargs.setdefault("sizes_mb", {v.name: v.size / 1e6 for v in chosen})
+        return cls([v.name for v in chosen], precision_of={v.name: v.precision for v in chosen}, **kwargs)
 
     # -- pure parts ----------------------------------------------------------
     def battery_tier(self, battery: float, previous_tier: int | None = None) -> int:

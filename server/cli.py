@@ -185,8 +185,13 @@ def _user_history(gm, user: str) -> list[str]:
 
 
 def cmd_search(args) -> None:
+    """A checkpoint (cloud model) or a bundle (device runtime, no torch on its path) answers the same way."""
     from .api import load
 
+    path = Path(args.checkpoint)
+    if (path / "manifest.json").is_file() or path.suffix == ".tar":
+        _search_bundle(args, path)
+        return
     gm = load(args.checkpoint)
     q = args.history if args.history is not None else args.query
     if args.user is not None:
@@ -196,6 +201,19 @@ def cmd_search(args) -> None:
     for rank, (iid, score) in enumerate(gm.search(q, args.k, beam=args.beam, exclude_seen=args.exclude_seen), 1):
         text = next((i.text for i in gm.items if i.id == iid), "")[:80]
         print(f"{rank:>3}  {score:8.3f}  {gm.ids.format_id(iid):>12}  {iid}  {text}")
+
+
+def _search_bundle(args, path: Path) -> None:
+    import edge_gr
+
+    if args.user is not None or args.exclude_seen:
+        raise EdgeGRError("--user and --exclude-seen need a checkpoint", hint="pass --history ITEM ... to a bundle")
+    r = edge_gr.load(path)
+    q = args.history if args.history is not None else args.query
+    if q is None:
+        raise EdgeGRError("nothing to search for", hint="give a query text or --history ITEM [ITEM ...]")
+    for rank, h in enumerate(r.search(q, args.k, beam=args.beam), 1):
+        print(f"{rank:>3}  {h.score:8.3f}  {h.item_id}  {(h.title or '')[:80]}")
 
 
 def _first(folder: Path, stem: str) -> Path | None:
@@ -313,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.set_defaults(fn=cmd_train)
 
-    sp = sub.add_parser("search", help="query a trained checkpoint")
-    sp.add_argument("checkpoint")
+    sp = sub.add_parser("search", help="query a trained checkpoint or an exported bundle")
+    sp.add_argument("checkpoint", metavar="PATH", help="a checkpoint folder (edge-gr train) or a bundle (folder or .tar)")
     sp.add_argument("query", nargs="?", default=None, help="query text (retrieval model)")
     sp.add_argument("--history", nargs="*", default=None, help="item ids, oldest first (recommender)")
     sp.add_argument("--user", default=None, help="a user of the checkpoint's data set (recommender): recommend from their history")
@@ -364,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.cli import add_parser as add_export
 
     add_export(sub)
+    from .build import add_parser as add_build  # `edge-gr build`: data -> bundle in one command
+
+    add_build(sub)
     from .registry_cli import add_parser as add_registry  # `edge-gr registry ...` (issue #6)
 
     add_registry(sub)

@@ -212,3 +212,47 @@ def test_cli_export(rec_gm, tmp_path, capsys):
     assert "onnxruntime-int8" in capsys.readouterr().out
     m = load_manifest(tmp_path / "bundle")
     assert [v.name for v in m.variants] == ["onnxruntime-int8"] and (tmp_path / "bundle.tar").is_file()
+
+
+def test_battery_switching_on_a_real_bundle(ret_gm, tmp_path):
+    """The policy built from a real exported bundle's manifest drives switches along a recorded
+    battery trace; every answer during the switches is a valid top-k of catalogue ids."""
+    from edge_gr.policy import DeviceState, VariantPolicy, VariantSwitcher
+
+    path = export_bundle(ret_gm[0], tmp_path / "multi", [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("torch", "fp32")])
+    r = edge_gr.load(path, backend="onnxruntime")
+    policy = VariantPolicy.from_bundle(r, with_sizes=True)
+    assert policy.variants == ("onnxruntime-int8", "onnxruntime-fp32")  # torch-fp32 is another runtime: never switched to
+    sw = VariantSwitcher(r, policy)
+    catalogue = {d.id for d in ret_gm[0].items}
+    trace = [0.95, 0.80, 0.55, 0.48, 0.40, 0.30, 0.18, 0.10, 0.22, 0.30, 0.52, 0.60, 0.90]
+    served = []
+    for t, b in enumerate(trace):
+        served.append(sw.update(DeviceState(battery=b, t=float(t), charging=(b == 0.90))))
+        for q in ret_gm[1][:3]:
+            hits = sw.search(q, 5)
+            assert 1 <= len(hits) <= 5 and all(h.item_id in catalogue for h in hits)
+    assert served[0] == "onnxruntime-fp32" and "onnxruntime-int8" in served and served[-1] == "onnxruntime-fp32"
+    assert sw.stats()["switches"] >= 2 and sw.stats()["failed_switches"] == 0
+    assert r.variant == served[-1]
+
+
+def test_device_extra_alone_loads_and_searches_a_bundle(bundle, ret_gm, tmp_path):
+    """`pip install edge-gr[device]` into a clean venv (no torch, no flwr) runs a real bundle."""
+    path = bundle("retrieval", "onnxruntime", "fp32")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[device]"], capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    script = (
+        "import importlib.util, sys, edge_gr\n"
+        "assert importlib.util.find_spec('torch') is None and importlib.util.find_spec('flwr') is None\n"
+        f"r = edge_gr.load({str(path)!r})\n"
+        f"hits = r.search({ret_gm[1][0]!r}, k=3)\n"
+        "print(len(hits), hits[0].item_id)\n"
+    )
+    res = subprocess.run([str(py), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    n, top = res.stdout.split()
+    assert n == "3" and top == edge_gr.load(path).search(ret_gm[1][0], k=3)[0].item_id
