@@ -125,8 +125,8 @@ class VariantPolicy:
         self.variants = tuple(by_level[lv] for lv in sorted(by_level))  # cheapest first
         if not self.variants:
             raise InputError(f"none of the bundle's variants {variants} has a known precision",
-                             hint=f"name variants among {', '.join(self.order)}, pass precision_of={{name: precision}}, "
-                                  "or build the policy with VariantPolicy.from_bundle(retriever)")
+                             hint=f"build the policy with VariantPolicy.from_bundle(retriever), pass precision_of={{name: precision}}, "
+                                  f"name variants among {', '.join(self.order)}, or pass order=[...] cheapest first")
         rank = {**level, **{v: lv for lv, v in by_level.items()}}  # precisions and variant names -> level
         self.thresholds = tuple((float(b), v) for b, v in thresholds)
         for b, v in self.thresholds + ((1.0, default),):

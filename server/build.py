@@ -1,7 +1,7 @@
 """The one path from a catalogue to a phone: data -> IDs -> teacher -> export -> verify -> bundle.
 
 Each stage is a function that returns its artifact and records, in the work folder, the
-hash of everything it was made from; a stage whose record matches is skipped, so a second
+hash of everything it was made from; a stage whose record matches is skipped (``WORK/stage-<name>.json``), so a second
 ``edge-gr build`` with the same inputs only re-checks, and changing one input (the data,
 the preset, the variants) re-runs that stage and the ones after it.
 
@@ -77,14 +77,14 @@ def _data_fingerprint(data: str) -> str:
 
 
 class _Stages:
-    """Runs stages, skipping those whose recorded input hash matches (``WORK/<stage>.json``)."""
+    """Runs stages, skipping those whose recorded input hash matches (``WORK/stage-<name>.json``)."""
 
     def __init__(self, work: Path, spec: BuildSpec):
         self.work, self.spec = work, spec
         work.mkdir(parents=True, exist_ok=True)
 
     def run(self, name: str, key: str, make: Callable[[], object], exists: Callable[[], bool]) -> bool:
-        rec = self.work / f"{name}.json"
+        rec = self.work / f"stage-{name}.json"
         if rec.is_file() and exists():
             try:
                 if json.loads(rec.read_text()).get("key") == key:

@@ -240,10 +240,13 @@ def test_battery_switching_on_a_real_bundle(ret_gm, tmp_path):
 def test_device_extra_alone_loads_and_searches_a_bundle(bundle, ret_gm, tmp_path):
     """`pip install edge-gr[device]` into a clean venv (no torch, no flwr) runs a real bundle."""
     path = bundle("retrieval", "onnxruntime", "fp32")
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}  # nothing of this venv leaks in
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
     py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[device]"], capture_output=True, text=True, timeout=900)
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[device]"], capture_output=True, text=True, timeout=900, env=env)
     assert pip.returncode == 0, pip.stderr[-2000:]
     script = (
         "import importlib.util, sys, edge_gr\n"
@@ -252,7 +255,7 @@ def test_device_extra_alone_loads_and_searches_a_bundle(bundle, ret_gm, tmp_path
         f"hits = r.search({ret_gm[1][0]!r}, k=3)\n"
         "print(len(hits), hits[0].item_id)\n"
     )
-    res = subprocess.run([str(py), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run([str(py), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     n, top = res.stdout.split()
     assert n == "3" and top == edge_gr.load(path).search(ret_gm[1][0], k=3)[0].item_id
