@@ -37,7 +37,7 @@ from .model import GenerativeRetriever, GRConfig
 from .sampling import SamplerConfig, TextCorpus, WindowSampler
 from .text import encode, train_tokenizer
 
-__all__ = ["TrainConfig", "train_rec", "train_retrieval", "rec_windows", "retrieval_batches", "retrieval_texts", "seed_everything"]
+__all__ = ["TrainConfig", "fit", "train_rec", "train_retrieval", "rec_windows", "retrieval_batches", "retrieval_texts", "seed_everything"]
 
 
 @dataclass
@@ -142,7 +142,7 @@ class _Ema:
             s.copy_(tmp)
 
 
-def _fit(model: torch.nn.Module, make_batches: Callable[[int], list], evaluate: Callable[[], float] | None,
+def fit(model: torch.nn.Module, make_batches: Callable[[int], list], evaluate: Callable[[], float] | None,
          cfg: TrainConfig, desc: str) -> tuple[dict, list[dict]]:
     """Generic loop: AdamW (fused on CUDA) + warm-up + cosine over the step or time budget, bf16
     autocast on CUDA, optional EMA of the weights; keeps the state with the best validation
@@ -263,7 +263,7 @@ def train_rec(split: RecSplit, items: list[Item], ids: SemanticIds, mcfg: GRConf
         ranked = gm.rank([split.train[u] for u in users], 10, beam=cfg.beam)
         return rank_metrics([[i for i, _ in r] for r in ranked], [{split.valid_target[u]} for u in users])["ndcg@10"]
 
-    _, log = _fit(model, make_batches, evaluate if users else None, cfg, "rec")
+    _, log = fit(model, make_batches, evaluate if users else None, cfg, "rec")
     gm.meta = {"train": asdict(cfg), "n_windows": int(len(windows)), "log": log}
     return gm, log
 
@@ -336,7 +336,7 @@ def train_retrieval(data: RetrievalData, ids: SemanticIds, mcfg: GRConfig, cfg: 
         ranked = gm.search_many([q.text for q in valid], 10, beam=cfg.beam)
         return rank_metrics([[i for i, _ in r] for r in ranked], [q.relevant for q in valid])["recall@10"]
 
-    _, log = _fit(model, make_batches, evaluate if valid else None, cfg, "retrieval")
+    _, log = fit(model, make_batches, evaluate if valid else None, cfg, "retrieval")
     gm.meta = {"train": asdict(cfg), "vocab_size": tok.get_vocab_size(), "log": log,
                "recipe": {"sampler": sampler.to_dict()} if sampler else {"fixed": {"index_windows": index_windows, "window_range": list(window_range)}}}
     return gm, log

@@ -83,13 +83,13 @@ def test_balanced_hkm_bounds_every_leaf():
 
 def test_time_budget_is_checked_inside_the_epoch():
     from server.model import GenerativeRetriever, GRConfig
-    from server.train import TrainConfig, _fit
+    from server.train import TrainConfig, fit
 
     m = GenerativeRetriever(GRConfig(task="retrieval", levels=(4, 4), vocab_size=30, d_model=16, n_heads=2,
                                      n_enc_layers=1, n_dec_layers=1, max_len=8))
     batch = (torch.randint(1, 30, (4, 6)), torch.randint(0, 4, (4, 2)))
     many = [batch] * 10_000
-    _, log = _fit(m, lambda e: many, None, TrainConfig(epochs=1, max_minutes=0.5 / 60, progress=False), "t")
+    _, log = fit(m, lambda e: many, None, TrainConfig(epochs=1, max_minutes=0.5 / 60, progress=False), "t")
     assert log[0]["step"] < 10_000 and log[0]["minutes"] < 0.5
 
 

@@ -11,7 +11,7 @@
 * :func:`distill` - trains a student (fresh and smaller, or a pruned / grouped copy being
   recovered) from a trained teacher on the teacher's own batches (rec history windows or
   retrieval queries + doc texts), through :class:`Distiller` (teacher + student in one module
-  whose ``forward`` returns the distillation loss, so ``server.train._fit`` runs it).
+  whose ``forward`` returns the distillation loss, so ``server.train.fit`` runs it).
 
 Teacher tensors are detached: no gradient flows into the teacher.
 
@@ -364,7 +364,7 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
     from server.generative import GenerativeModel
     from server.metrics import rank_metrics
     from server.model import GenerativeRetriever
-    from server.train import _fit, rec_windows, retrieval_batches, seed_everything
+    from server.train import fit, rec_windows, retrieval_batches, seed_everything
 
     task = teacher.task
     if train_cfg.threads:
@@ -432,7 +432,7 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
         beams = None
 
     gm = GenerativeModel(model, ids, teacher.items, tokenizer=teacher.tokenizer, popularity=list(teacher.popularity))
-    _, log = _fit(net, _attach_beams(make_batches, beams, cfg, train_cfg.seed), evaluate if has_eval else None, train_cfg, "distill")
+    _, log = fit(net, _attach_beams(make_batches, beams, cfg, train_cfg.seed), evaluate if has_eval else None, train_cfg, "distill")
     gm.model = model.eval()
     gm.meta = {"train": asdict(train_cfg), "distill": asdict(cfg), "teacher_params": t_model.n_params(),
                "n_examples": int(n_examples), "n_beam_inputs": 0 if beams is None else int(len(beams[0])), "log": log}
