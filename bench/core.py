@@ -105,11 +105,11 @@ def _ml(d: Path):
 def _bible(d: Path, docs_only: bool = False):
     from server.data.jsonl import load_retrieval_folder
 
+    from server.pipeline import docs_only as only_docs
+
     data = load_retrieval_folder(d / "bible")
     data.name = "bible"
-    if docs_only:
-        data.doc_texts, data.train = {}, []
-    return data
+    return only_docs(data) if docs_only else data
 
 
 def _write(path: Path, obj) -> None:

@@ -3,7 +3,7 @@
 # the generative recommender and 3 seeds of SASRec side by side (same time budget for both),
 # plus the docs-only Bible ablation; then one eval process per data set. Writes under $OUT.
 # Needs .cache/bench_stage (python bench/core.py stage), .whl/ (bm25s + PyStemmer) and, for the
-# Bible eval, .cache/gpu_a/ (the teacher tarball and the peers' hits file from bench/gpu_retrieval.sh).
+# Bible eval, .cache/gpu_a/ (the teacher parts and the peers' hits file from bench/gpu_retrieval.sh).
 set -u
 source bench/gpu_env.sh
 export OMP_NUM_THREADS=1
@@ -18,7 +18,7 @@ python3 bench/core.py train-retrieval --docs-only --device cuda --threads 2 --tr
 if [ -n "${DENSE_STEPS:-}" ]; then
   python3 bench/core.py finetune-dense --device cuda --train-json "{\"steps\": $DENSE_STEPS}" --out $CK > $L/dense.log 2>&1 &
 fi
-if [ ! -d $CK/retrieval-seed0 ] && [ -f .cache/gpu_a/retrieval-seed0.tar.gz ]; then tar -xzf .cache/gpu_a/retrieval-seed0.tar.gz -C $CK; fi
+if [ ! -d $CK/retrieval-seed0 ] && ls .cache/gpu_a/teacher.part.* >/dev/null 2>&1; then cat .cache/gpu_a/teacher.part.* | tar -xzf - -C $CK; fi
 wait
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv > $OUT/gpu.txt
 export OMP_NUM_THREADS=4
@@ -26,7 +26,7 @@ python3 bench/core.py eval --tasks rec --device cuda --ckpts $CK --results $OUT/
 python3 bench/core.py eval --tasks retrieval --device cuda --ckpts $CK --results $OUT/core-bible.json --no-dense --extra .cache/gpu_a/bible-peers-hits.json > $L/eval-bible.log 2>&1
 wait
 cp $CK/*.json $L/ 2>/dev/null
-tar -czf $OUT/logs.tar.gz -C /tmp logs
+tar -czf $OUT/logs.tar.gz -C $SCRATCH logs
 tar -czf $OUT/teacher.tar.gz -C $CK retrieval-seed0 2>/dev/null
 (cd $CK && tar -czf $OUT/rec-seed0.tar.gz rec-*-seed0 sasrec-seed0 2>/dev/null)
 tail -n 2 $L/*.log

@@ -13,21 +13,9 @@ python3 bench/core.py finetune-dense --device cuda --train-json "{\"steps\": ${D
 python3 bench/core.py eval --tasks retrieval --device cuda --ckpts $CK --results $OUT/core-bible-peers.json --hits-out $OUT/bible-peers-hits.json > $L/eval-peers.log 2>&1
 wait $T
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv > $L/gpu.txt
-python3 - <<'PY'
-# the teacher back in fp16 (one file under the transfer limit); loading upcasts to fp32
-import os, shutil, tarfile, pathlib
-from safetensors.torch import load_file, save_file
-src = pathlib.Path("/tmp/ck/retrieval-seed0")
-ck = pathlib.Path("/tmp/fp16/retrieval-seed0")
-shutil.rmtree(ck, ignore_errors=True)
-shutil.copytree(src, ck)
-sd = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src / "model.safetensors")).items()}
-save_file(sd, str(ck / "model.safetensors"))
-with tarfile.open(os.environ["OUT"] + "/retrieval-seed0.tar.gz", "w:gz") as t:
-    t.add(ck, arcname="retrieval-seed0")
-    t.add("/tmp/ck/retrieval-seed0.json", arcname="retrieval-seed0.json")
-PY
+# the fp32 teacher back in parts under the tool's 16 MB-per-file limit (join: cat teacher.part.* | tar -xzf -)
+(cd $CK && tar -czf - retrieval-seed0 retrieval-seed0.json | split -b 15M - $OUT/teacher.part.)
 cp $CK/*.json $L/ 2>/dev/null
 rm -f $OUT/*.png
-tar -czf $OUT/logs.tar.gz -C /tmp logs
+tar -czf $OUT/logs.tar.gz -C $SCRATCH logs
 tail -n 3 $L/teacher.log $L/dense.log $L/eval-peers.log

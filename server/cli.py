@@ -216,13 +216,9 @@ def _search_bundle(args, path: Path) -> None:
         print(f"{rank:>3}  {h.score:8.3f}  {h.item_id}  {(h.title or '')[:80]}")
 
 
-def _first(folder: Path, stem: str) -> Path | None:
-    return next((folder / f"{stem}{ext}" for ext in (".jsonl", ".jsonl.gz") if (folder / f"{stem}{ext}").is_file()), None)
-
-
 def _compress_data(gm, spec: str | None):
     """The data a checkpoint was trained on: a data-set name or a JSONL folder (see ``edge-gr compress -h``)."""
-    from .data.jsonl import load_rec_jsonl, load_retrieval_jsonl
+    from .data.jsonl import find_jsonl, load_rec_jsonl, load_retrieval_jsonl
     from .pipeline import RETRIEVAL_PRESETS, RecPreset, load_rec_data, load_retrieval_data
 
     spec = spec or (gm.meta or {}).get("dataset")
@@ -230,15 +226,15 @@ def _compress_data(gm, spec: str | None):
         raise EdgeGRError("this checkpoint does not name its data set", hint="pass --data (ml-1m, bible-full, or a JSONL folder)")
     folder = Path(spec)
     if gm.task == "rec":
-        if folder.is_dir() and _first(folder, "items") and _first(folder, "interactions"):
-            return load_rec_jsonl(_first(folder, "items"), _first(folder, "interactions"), name=folder.name).split()
+        if folder.is_dir() and find_jsonl(folder, "items") and find_jsonl(folder, "interactions"):
+            return load_rec_jsonl(find_jsonl(folder, "items"), find_jsonl(folder, "interactions"), name=folder.name).split()
         return load_rec_data(RecPreset(dataset=spec)).split()
     if folder.is_dir():
-        need = {s: _first(folder, s) for s in ("docs", "train", "test")}
+        need = {s: find_jsonl(folder, s) for s in ("docs", "train", "test")}
         if not all(need.values()):
             raise EdgeGRError(f"{folder} lacks {[s for s, p in need.items() if p is None]} (.jsonl or .jsonl.gz)",
                               hint="a retrieval folder holds docs, train, test and optionally valid JSONL files")
-        return load_retrieval_jsonl(need["docs"], need["train"], need["test"], name=folder.name, valid_path=_first(folder, "valid"))
+        return load_retrieval_jsonl(need["docs"], need["train"], need["test"], name=folder.name, valid_path=find_jsonl(folder, "valid"))
     presets = {f"bible-{k}": v for k, v in RETRIEVAL_PRESETS.items()}
     if spec not in presets:
         raise EdgeGRError(f"unknown retrieval data {spec!r}", hint=f"use one of {', '.join(presets)} or a JSONL folder")

@@ -29,7 +29,7 @@ from .sampling import SamplerConfig
 from .train import TrainConfig, retrieval_texts, train_rec, train_retrieval
 
 __all__ = ["RecPreset", "RetrievalPreset", "REC_PRESETS", "RETRIEVAL_PRESETS", "run_rec", "run_retrieval",
-           "rec_ids", "retrieval_ids", "load_rec_data", "load_retrieval_data"]
+           "rec_ids", "retrieval_ids", "load_rec_data", "load_retrieval_data", "docs_only", "retrieval_peers"]
 
 
 @dataclass
@@ -114,10 +114,10 @@ def load_rec_data(p: RecPreset) -> RecData:
         return load_movielens(p.dataset, max_users=p.max_users)
     from edge_gr.errors import DataError
 
-    from .data.jsonl import _find
+    from .data.jsonl import find_jsonl
 
     folder = Path(p.dataset)
-    items, inter = (_find(folder, "items"), _find(folder, "interactions")) if folder.is_dir() else (None, None)
+    items, inter = (find_jsonl(folder, "items"), find_jsonl(folder, "interactions")) if folder.is_dir() else (None, None)
     if items is None or inter is None:
         raise DataError(f"{p.dataset!r} is not a recommendation data set",
                         hint="use ml-1m, ml-100k or a folder holding items.jsonl[.gz] and interactions.jsonl[.gz]")
@@ -138,9 +138,13 @@ def load_retrieval_data(p: RetrievalPreset) -> RetrievalData:
     else:
         raise DataError(f"unknown retrieval data set {p.dataset!r}",
                         hint="use bible, or a folder holding docs.jsonl[.gz] (+ optional train_queries / test_queries)")
-    if p.docs_only:  # a user with documents and nothing else: drop other texts and training queries
-        data.doc_texts, data.train = {}, []
-        data.notes += "; docs-only ablation: trained on windows of the documents' own text only"
+    return docs_only(data) if p.docs_only else data
+
+
+def docs_only(data: RetrievalData) -> RetrievalData:
+    """The ablation of a user with documents and nothing else: no other texts, no training queries."""
+    data.doc_texts, data.train = {}, []
+    data.notes += "; docs-only ablation: trained on windows of the documents' own text only"
     return data
 
 
@@ -341,5 +345,4 @@ def run_retrieval(p: RetrievalPreset, *, out_dir: str | Path | None = None, devi
 
 def _preset_dict(p) -> dict:
     d = asdict(p)
-    d = {k: v for k, v in d.items()}
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}

@@ -122,7 +122,10 @@ def _gpu_util(dev: torch.device) -> float | None:
 
 
 class _Ema:
-    """Exponential moving average of the trainable weights (kept in fp32 beside the model)."""
+    """Exponential moving average of the trainable weights (kept in fp32 beside the model).
+
+    Not ``torch.optim.swa_utils.AveragedModel``: validation and saving go through the model the
+    ``GenerativeModel`` wraps, so the average must be swappable into that module in place."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay

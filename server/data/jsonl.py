@@ -26,7 +26,7 @@ from .base import Item, Query, RecData, RetrievalData
 __all__ = [
     "read_items", "read_queries", "read_interactions",
     "write_items", "write_queries", "write_interactions",
-    "load_rec_jsonl", "load_retrieval_jsonl", "load_retrieval_folder", "read_doc_texts", "write_doc_texts",
+    "load_rec_jsonl", "load_retrieval_jsonl", "load_retrieval_folder", "read_doc_texts", "write_doc_texts", "find_jsonl",
 ]
 
 
@@ -171,7 +171,9 @@ def read_doc_texts(path: str | os.PathLike, ids: set[str]) -> dict[str, list[str
     return out
 
 
-def _find(folder: Path, stem: str) -> Path | None:
+def find_jsonl(folder: str | os.PathLike, stem: str) -> Path | None:
+    """``folder/stem.jsonl`` or ``folder/stem.jsonl.gz``, whichever exists (``None`` if neither)."""
+    folder = Path(folder)
     for ext in (".jsonl", ".jsonl.gz"):
         if (folder / f"{stem}{ext}").is_file():
             return folder / f"{stem}{ext}"
@@ -218,7 +220,7 @@ def load_retrieval_folder(folder: str | os.PathLike, *, seed: int = 0, max_eval:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder", hint="pass a folder holding docs.jsonl (and optionally train_queries.jsonl / test_queries.jsonl)")
-    docs_path = _find(folder, "docs")
+    docs_path = find_jsonl(folder, "docs")
     if docs_path is None:
         raise DataError(f"{folder} has no docs.jsonl or docs.jsonl.gz",
                         hint='write one document per line: {"id": "d1", "text": "..."}')
@@ -226,12 +228,13 @@ def load_retrieval_folder(folder: str | os.PathLike, *, seed: int = 0, max_eval:
     ids = {d.id for d in docs}
     if not any(d.text.split() for d in docs):
         raise DataError(f"{docs_path}: every document text is empty", hint="give the documents some text")
-    files = {k: _find(folder, f"{k}_queries") for k in ("train", "valid", "test")}
+    files = {k: find_jsonl(folder, f"{k}_queries") for k in ("train", "valid", "test")}
     qs = {k: (read_queries(p) if p else []) for k, p in files.items()}
     for k, p in files.items():
         if p:
             _check_known(p, ids, (r for q in qs[k] for r in q.relevant), "relevant ids")
-    doc_texts = read_doc_texts(_find(folder, "doc_texts"), ids) if _find(folder, "doc_texts") else {}
+    texts_path = find_jsonl(folder, "doc_texts")
+    doc_texts = read_doc_texts(texts_path, ids) if texts_path else {}
     notes, label = [f"{len(docs)} docs from {docs_path.name}"], "test_queries"
     if not files["valid"] and qs["train"]:
         order = _seeded_order([q.qid for q in qs["train"]], seed, "valid")
