@@ -122,13 +122,13 @@ def main() -> None:
         gm = GenerativeModel.load(ck / "retrieval-model")
         models = variants(gm, _calib_ret(gm, data))
         if args.bible_student:
-            from server.compress.variants import quantized_variant
-
             st = GenerativeModel.load(args.bible_student)
             models["student-fp32"] = st
             for name, cfg in [("fp16", Fp16Config()), ("int8", Int8Config()), ("int4", Int4Config(group_size=64)),
                               ("int4-g128", Int4Config(group_size=128)), ("mixed", chapter_recipe())]:
-                models[f"student-{name}"] = quantized_variant(st, cfg)
+                v = copy.deepcopy(st)
+                quantize_(v.model, cfg)  # the reference quantizer, in memory
+                models[f"student-{name}"] = v
         rows = _table(models, lambda name, v: evaluate_retrieval({name: _GenSearch(v, 20)}, queries)[name], "recall@10")
         res["bible"] = {"methods": rows, "protocol": f"seeded subset of {len(queries)} WEB test queries, full ranking"}
     write_json(RESULTS / "compression.json", res)

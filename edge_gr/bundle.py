@@ -38,12 +38,19 @@ from typing import Literal
 
 from .errors import BundleError
 
-__all__ = ["BundleManifest", "FileEntry", "Variant", "RuntimeSpec", "BundleWriter", "load_manifest", "open_bundle",
+__all__ = ["PRECISIONS", "BundleManifest", "FileEntry", "Variant", "RuntimeSpec", "BundleWriter", "load_manifest", "open_bundle",
            "write_archive", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST"]
 
 FORMAT_NAME = "edge-gr-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# The one precision vocabulary (cloud, exporters, manifest, battery policy), cheapest last:
+#   fp32  float32 weights and activations
+#   fp16  float16 weights, float32 compute
+#   int8  int8 weights (symmetric, per output channel), activations quantized to int8 at run time (dynamic)
+#   int4  int4 weights (symmetric, per group of input channels), dynamic int8 activations
+# A variant's ``recipe`` says what its backend's quantizer did exactly (tool, scope, what stays float).
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
 _REBUILD = "re-export the bundle with `edge-gr export --checkpoint CKPT --out DIR`"
 
 
@@ -75,10 +82,12 @@ class Variant:
 
     name: str          # e.g. "onnxruntime-int8"
     backend: str       # executorch | onnxruntime | litert | torch
-    precision: str     # fp32 | int8 | int4
+    precision: str     # one of PRECISIONS
     files: dict[str, FileEntry]
     static: dict = field(default_factory=dict)  # fixed shapes, e.g. {"batch": 1, "beam": 20}; empty = dynamic
     metrics: dict = field(default_factory=dict)  # e.g. {"overlap@10": 0.98}
+    recipe: dict = field(default_factory=dict)   # how the backend quantized it: {"weights", "activations", "tool", ...}
+    source: dict = field(default_factory=dict)   # the checkpoint it was exported from: {"name", "sha256", "params", "config"}
 
     @property
     def size(self) -> int:
@@ -128,7 +137,8 @@ class BundleManifest:
             files = {k: FileEntry(**v) for k, v in d["files"].items()}
             variants = [Variant(name=v["name"], backend=v["backend"], precision=v["precision"],
                                 files={k: FileEntry(**f) for k, f in v["files"].items()},
-                                static=v.get("static", {}), metrics=v.get("metrics", {})) for v in d["variants"]]
+                                static=v.get("static", {}), metrics=v.get("metrics", {}), recipe=v.get("recipe", {}),
+                                source=v.get("source", {})) for v in d["variants"]]
             return cls(model_version=d["model_version"], task=d["task"], runtime=RuntimeSpec(**rt), files=files,
                        variants=variants, id_scheme=d.get("id_scheme", {}), meta=d.get("meta", {}))
         except (KeyError, TypeError, ValueError) as e:
@@ -182,11 +192,15 @@ class BundleWriter:
         return e
 
     def add_variant(self, name: str, backend: str, precision: str, files: dict[str, str], *,
-                    static: dict | None = None, metrics: dict | None = None) -> Variant:
+                    static: dict | None = None, metrics: dict | None = None, recipe: dict | None = None,
+                    source: dict | None = None) -> Variant:
         """Register a variant whose files (``role -> path relative to root``) are already written."""
         if any(v.name == name for v in self.variants):
             raise BundleError(f"variant {name!r} added twice", hint="give every variant a unique name")
-        v = Variant(name, backend, precision, {r: _entry(self.tmp, rel) for r, rel in files.items()}, static or {}, metrics or {})
+        if precision not in PRECISIONS:
+            raise BundleError(f"variant {name!r}: unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
+        v = Variant(name, backend, precision, {r: _entry(self.tmp, rel) for r, rel in files.items()}, static or {}, metrics or {},
+                    recipe or {}, source or {})
         self.variants.append(v)
         return v
 

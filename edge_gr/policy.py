@@ -29,12 +29,13 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
+from .bundle import PRECISIONS
 from .errors import InputError
 
 __all__ = ["DeviceState", "Decision", "VariantPolicy", "VariantSwitcher", "SupportsSearch", "SupportsSwitch",
            "LADDER", "THERMAL_STEPS"]
 
-LADDER: tuple[str, ...] = ("int4", "int8", "fp16", "fp32")  # smallest / cheapest first
+LADDER: tuple[str, ...] = tuple(reversed(PRECISIONS))  # the bundle's precisions, smallest / cheapest first
 THERMAL_STEPS: dict[str, int] = {"nominal": 0, "fair": 0, "serious": 1, "critical": 2}  # iOS ProcessInfo.ThermalState names
 
 

@@ -1,10 +1,16 @@
 """A trained generative retriever/recommender: model + semantic IDs (+ tokenizer), saved as one folder.
 
+Loading rebuilds the skeleton from ``config``, applies the recorded structural ``transforms``
+(e.g. grouped FFN layers of a compressed student, :mod:`server.compress.transforms`), then
+reads the weights.
+
 Folder layout (``format_version`` checked on load)::
 
     ckpt/
-      edge_gr_model.json     {"format": "edge-gr-checkpoint", "version": 1, "config": {...}, "task": ..., "meta": {...}}
-      model.safetensors      weights
+      edge_gr_model.json     {"format": "edge-gr-checkpoint", "version": 1, "config": {...}, "task": ...,
+                              "transforms": [...], "meta": {...}}
+      model.safetensors      fp32 weights
+      recipe.json            optional: the quantization recipe the exporters apply (server.compress.recipe)
       ids.json               semantic IDs (edge_gr.ids format)
       tokenizer.json         retrieval only
       items.jsonl            the catalogue (id, text, meta)
@@ -45,10 +51,11 @@ class GenerativeModel:
     """The trained model plus everything needed to turn its output into catalogue ids."""
 
     def __init__(self, model: GenerativeRetriever, ids: SemanticIds, items: list[Item], tokenizer=None,
-                 popularity: list[str] | None = None, meta: dict | None = None):
+                 popularity: list[str] | None = None, meta: dict | None = None, recipe=None):
         self.model, self.ids, self.items, self.tokenizer = model.eval(), ids, items, tokenizer
         self.popularity = popularity or []
         self.meta = meta or {}
+        self.recipe = recipe  # server.compress.recipe.QuantRecipe | None: how the exporters should quantize it
         self.task = model.cfg.task
         if self.task == "retrieval" and tokenizer is None:
             raise FormatError("a retrieval model needs its tokenizer", hint="retrain or restore tokenizer.json")
@@ -136,12 +143,15 @@ class GenerativeModel:
         """Write the folder atomically: build it beside the target, then rename."""
         from safetensors.torch import save_file
 
+        from .compress.transforms import describe
+
         path = Path(path)
+        transforms = describe(self.model)  # before any file is written: a fake-quant model is refused here
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
         try:
             header = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "task": self.task,
-                      "config": self.model.cfg.to_dict(), "meta": self.meta}
+                      "config": self.model.cfg.to_dict(), "transforms": transforms, "meta": self.meta}
             (tmp / "edge_gr_model.json").write_text(json.dumps(header, indent=1))
             sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
             save_file(sd, str(tmp / "model.safetensors"))
@@ -151,6 +161,8 @@ class GenerativeModel:
                 self.tokenizer.save(str(tmp / "tokenizer.json"))
             if self.popularity:
                 (tmp / "popularity.json").write_text(json.dumps(self.popularity))
+            if self.recipe is not None:
+                self.recipe.save(tmp)
             if path.exists():
                 old = path.with_name(path.name + ".old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -180,10 +192,17 @@ class GenerativeModel:
         if header.get("format") != CKPT_FORMAT or header.get("version") != CKPT_VERSION:
             raise FormatError(f"{hfile}: format {header.get('format')} v{header.get('version')}, expected {CKPT_FORMAT} v{CKPT_VERSION}",
                               hint="retrain with this version's `edge-gr train`")
-        cfg = GRConfig.from_dict(header["config"])
+        from .compress.recipe import QuantRecipe
+        from .compress.transforms import apply_transforms
+
+        cfg_d = dict(header["config"])
+        if cfg_d.pop("quant", None) or cfg_d.pop("grouped", None):
+            raise FormatError(f"{path} is a fake-quantized / grouped checkpoint of an older edge-gr",
+                              hint="re-run `edge-gr compress`: it now writes fp32 checkpoints plus recipe.json")
+        cfg = GRConfig.from_dict(cfg_d)
         ids = SemanticIds.load(path / "ids.json")
         codes = torch.from_numpy(ids.codes) if cfg.task == "rec" else None
-        model = GenerativeRetriever(cfg, codes=codes)
+        model = apply_transforms(GenerativeRetriever(cfg, codes=codes), header.get("transforms") or [])
         try:
             missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
         except Exception as e:  # safetensors raises its own error types for truncated files
@@ -192,4 +211,4 @@ class GenerativeModel:
             raise FormatError(f"{path / 'model.safetensors'} does not match its config", hint="retrain with `edge-gr train`")
         tok = Tokenizer.from_file(str(path / "tokenizer.json")) if (path / "tokenizer.json").is_file() else None
         pop = json.loads((path / "popularity.json").read_text()) if (path / "popularity.json").is_file() else None
-        return cls(model.to(device), ids, read_items(path / "items.jsonl"), tok, pop, header.get("meta"))
+        return cls(model.to(device), ids, read_items(path / "items.jsonl"), tok, pop, header.get("meta"), QuantRecipe.load(path))

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GRConfig", "GenerativeRetriever"]
+__all__ = ["GRConfig", "GenerativeRetriever", "EncoderGraph", "DecoderStepGraph", "attend", "NEG"]
 
 
 @dataclass
@@ -54,10 +54,6 @@ class GRConfig:
     # Per-layer sizes after structured pruning (None = uniform): "enc.0.attn" / "dec.0.self_attn" /
     # "dec.0.cross_attn" -> [n_heads, head_size], "enc.0.ffn" / "dec.0.ffn" -> hidden width.
     layer_shapes: dict | None = None
-    # Compressed variants (issue #3), rebuilt on load: grouped FFNs {"pattern", "groups", "shuffle"};
-    # quantization rules [[glob, {"precision": "int8" | "int4" | "fp16"[, "group_size": g]}], ...].
-    grouped: dict | None = None
-    quant: list | None = None
 
     def attn_shape(self, name: str) -> tuple[int, int]:
         """(heads, head size) of the attention module ``name`` (e.g. ``"dec.0.cross_attn"``)."""
@@ -81,6 +77,19 @@ class GRConfig:
         return cls(**d)
 
 
+NEG = -1e9  # additive mask value of the export graphs (finite: no NaN rows, safe in every runtime)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, *, plain: bool = False,
+           dropout: float = 0.0) -> torch.Tensor:
+    """Attention over (..., T, hs) heads. ``plain``: matmul + softmax with an additive float mask, the
+    ops every exporter (ONNX, ExecuTorch/XNNPACK, LiteRT) takes; else SDPA with a boolean mask (True = may attend)."""
+    if plain:
+        att = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(q.shape[-1])) + mask
+        return torch.softmax(att, dim=-1) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
 class Attention(nn.Module):
     def __init__(self, d: int, nh: int, dropout: float, hs: int | None = None):
         super().__init__()
@@ -91,14 +100,20 @@ class Attention(nn.Module):
         self.kv = nn.Linear(d, 2 * inner)  # rows: [k heads | v heads]
         self.o = nn.Linear(inner, d)
 
-    def forward(self, x: torch.Tensor, mem: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # x (B, Tq, d), mem (B, Tk, d), mask broadcastable to (B, nh, Tq, Tk), True = may attend
+    def kv_of(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``mem`` (B, Tk, d): (B, nh, Tk, hs) each."""
+        k, v = self.kv(mem).view(mem.shape[0], -1, 2, self.nh, self.hs).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: torch.Tensor, mem: torch.Tensor | None, mask: torch.Tensor | None, *,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None, plain: bool = False) -> torch.Tensor:
+        # x (B, Tq, d), mem (B, Tk, d) or its precomputed kv, mask broadcastable to (B, nh, Tq, Tk)
+        # (boolean True = may attend; additive float when plain)
         B, Tq, d = x.shape
-        hs = self.hs
-        q = self.q(x).view(B, Tq, self.nh, hs).transpose(1, 2)  # (B, nh, Tq, hs)
-        k, v = self.kv(mem).view(B, -1, 2, self.nh, hs).permute(2, 0, 3, 1, 4)  # (B, nh, Tk, hs) each
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.o(y.transpose(1, 2).reshape(B, Tq, self.nh * hs))
+        q = self.q(x).view(B, Tq, self.nh, self.hs).transpose(1, 2)  # (B, nh, Tq, hs)
+        k, v = kv if kv is not None else self.kv_of(mem)
+        y = attend(q, k, v, mask, plain=plain, dropout=self.dropout if self.training else 0.0)
+        return self.o(y.transpose(1, 2).reshape(B, Tq, self.nh * self.hs))
 
 
 class FFN(nn.Module):
@@ -120,9 +135,9 @@ class EncoderBlock(nn.Module):
         self.ffn = FFN(c.d_model, c.ffn_mult, c.dropout, c.ffn_hidden(f"{name}.ffn"))
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, mask):
+    def forward(self, x, mask, plain: bool = False):
         h = self.ln1(x)
-        x = x + self.drop(self.attn(h, h, mask))
+        x = x + self.drop(self.attn(h, h, mask, plain=plain))
         return x + self.ffn(self.ln2(x))
 
 
@@ -136,13 +151,14 @@ class DecoderBlock(nn.Module):
         self.ffn = FFN(c.d_model, c.ffn_mult, c.dropout, c.ffn_hidden(f"{name}.ffn"))
         self.drop = nn.Dropout(c.dropout)
 
-    def forward(self, x, mem, self_mask, cross_mask):
+    def forward(self, x, mem, self_mask, cross_mask, *, kv=None, plain: bool = False):
         # x (B, T, l, d); self-attention within each of the T targets, cross-attention to mem (B, S, d)
+        # or to its precomputed keys/values ``kv``
         B, T, l, d = x.shape
         h = self.ln1(x).reshape(B * T, l, d)
-        x = x + self.drop(self.self_attn(h, h, self_mask)).view(B, T, l, d)
+        x = x + self.drop(self.self_attn(h, h, self_mask, plain=plain)).view(B, T, l, d)
         h = self.ln2(x).reshape(B, T * l, d)
-        x = x + self.drop(self.cross_attn(h, mem, cross_mask)).view(B, T, l, d)
+        x = x + self.drop(self.cross_attn(h, mem, cross_mask, kv=kv, plain=plain)).view(B, T, l, d)
         return x + self.ffn(self.ln3(x))
 
 
@@ -176,13 +192,12 @@ class GenerativeRetriever(nn.Module):
         self.head = nn.Linear(c.d_model, V)
         self.drop = nn.Dropout(c.dropout)
         self.apply(self._init)
-        if c.grouped or c.quant:  # lazy: server.compress imports this module
-            from .compress import recipe_from_rules, replace_linear_, quantize_
-
-            if c.grouped:
-                replace_linear_(self, c.grouped["pattern"], int(c.grouped["groups"]), shuffle=bool(c.grouped.get("shuffle", True)))
-            if c.quant:
-                quantize_(self, recipe_from_rules(c.quant))
+        # constant masks as buffers: LiteRT has no kernel for iota (arange / eye / tril) in the export graphs
+        self.register_buffer("causal", torch.ones(c.max_len, c.max_len, dtype=torch.bool).tril(), persistent=False)
+        self.register_buffer("eye", torch.eye(c.max_len, dtype=torch.bool), persistent=False)
+        self.register_buffer("id_causal", torch.ones(L, L, dtype=torch.bool).tril(), persistent=False)
+        self.register_buffer("positions", torch.arange(c.max_len), persistent=False)
+        self.register_buffer("level_ids", torch.arange(L), persistent=False)
 
     @staticmethod
     def _init(m):
@@ -198,10 +213,11 @@ class GenerativeRetriever(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # -- encoder -------------------------------------------------------------
-    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, src: torch.Tensor, *, plain: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """src (B, S) ids, 0 = pad (rec: left-padded item rows; retrieval: right-padded tokens).
 
         Returns memory (B, S, d) and the key padding mask (B, S), True = real token.
+        ``plain``: the exportable attention (see :func:`attend`), same result.
         """
         c = self.cfg
         B, S = src.shape
@@ -210,15 +226,21 @@ class GenerativeRetriever(nn.Module):
             x = self.code_in(self.item_codes[src]).sum(2)  # (B, S, d)
             if self.item_in is not None:
                 x = x + self.item_in(src)
-            mask = torch.ones(S, S, dtype=torch.bool, device=src.device).tril()[None, None] & pad[:, None, None, :]
-            mask = mask | torch.eye(S, dtype=torch.bool, device=src.device)  # pads attend to themselves (no NaN rows)
+            # causal over the history; pads attend to themselves (no NaN rows)
+            mask = ((self.causal[:S, :S][None] & pad[:, None, :]) | self.eye[:S, :S][None])[:, None]  # (B, 1, S, S)
         else:
             x = self.tok_in(src)
             mask = pad[:, None, None, :]
-        x = self.drop(x * math.sqrt(c.d_model) + self.pos_in(torch.arange(S, device=src.device)))
+        if plain:
+            mask = _additive(mask)
+        x = self.drop(x * math.sqrt(c.d_model) + self.pos_in(self.positions[:S]))
         for blk in self.enc:
-            x = blk(x, mask)
+            x = blk(x, mask, plain)
         return self.enc_ln(x), pad
+
+    def cross_kv(self, mem: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every decoder layer's cross-attention keys and values of ``mem``: computed once per query."""
+        return [blk.cross_attn.kv_of(mem) for blk in self.dec]
 
     # -- decoder -------------------------------------------------------------
     def decode(self, mem: torch.Tensor, mem_pad: torch.Tensor, prefix: torch.Tensor, cross_visible: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,17 +256,26 @@ class GenerativeRetriever(nn.Module):
     def decode_hidden(self, mem: torch.Tensor, mem_pad: torch.Tensor, prefix: torch.Tensor, cross_visible: torch.Tensor | None = None) -> torch.Tensor:
         """The final decoder states (B, T, l, d), after the last LayerNorm (``decode`` = ``head`` of these)."""
         B, T, l = prefix.shape
-        x = self.dec_in(prefix) + self.level_in(torch.arange(l, device=prefix.device))  # (B, T, l, d)
-        x = self.drop(x)
-        self_mask = torch.ones(l, l, dtype=torch.bool, device=prefix.device).tril()
         cross = mem_pad[:, None, None, :]  # (B, 1, 1, S)
         if cross_visible is not None:
             cv = cross_visible[:, None, :].expand(T, l, -1).reshape(T * l, -1)  # (T*l, S)
             cross = cross & cv[None, None]
             cross = cross | ~cross.any(-1, keepdim=True)  # a query with nothing to see: see all (its loss is masked anyway)
-        for blk in self.dec:
-            x = blk(x, mem, self_mask, cross)
+        return self._decoder(prefix, self.id_causal[:l, :l], cross, mem=mem)
+
+    def _decoder(self, prefix: torch.Tensor, self_mask: torch.Tensor, cross: torch.Tensor, *, mem: torch.Tensor | None = None,
+                 kv: list | None = None, plain: bool = False) -> torch.Tensor:
+        # the decoder stack, once for training, eager decoding and the export graph
+        l = prefix.shape[-1]
+        x = self.drop(self.dec_in(prefix) + self.level_in(self.level_ids[:l]))  # (B, T, l, d)
+        for i, blk in enumerate(self.dec):
+            x = blk(x, mem, self_mask, cross, kv=None if kv is None else kv[i], plain=plain)
         return self.dec_ln(x)
+
+    # -- export graphs ----------------------------------------------------------
+    def export_graphs(self) -> tuple["EncoderGraph", "DecoderStepGraph"]:
+        """The two graphs of a bundle (I/O ``enc-kv/dec-full-prefix/v1``): see :class:`EncoderGraph`."""
+        return EncoderGraph(self), DecoderStepGraph(self)
 
     def level_logprobs(self, logits: torch.Tensor, level: int) -> torch.Tensor:
         """log-softmax over level ``level``'s codes only: (..., V) -> (..., levels[level])."""
@@ -291,3 +322,47 @@ class GenerativeRetriever(nn.Module):
         mem, pad = self.encode(src)
         logits = self.decode(mem, pad, self.teacher_inputs(target_codes)[:, None])  # (B, 1, L, V)
         return self.loss(logits[:, 0], target_codes)
+
+
+def _additive(mask: torch.Tensor) -> torch.Tensor:
+    """Boolean mask (True = may attend) -> additive float mask (0 / NEG)."""
+    return torch.where(mask, torch.zeros((), dtype=torch.float32), torch.full((), NEG, dtype=torch.float32))
+
+
+class EncoderGraph(nn.Module):
+    """Exported encoder: ``src (N, S) int64 -> (cross_mask (N, S) additive, k_0, v_0, k_1, v_1, ...)``.
+
+    Runs the encoder once per query and precomputes every decoder layer's cross-attention
+    keys / values ``(N, nh, S, hs)``; ``cross_mask`` is 0 where visible, ``NEG`` on padding.
+    """
+
+    def __init__(self, model: GenerativeRetriever):
+        super().__init__()
+        self.m = model.eval()
+
+    def forward(self, src: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        mem, pad = self.m.encode(src, plain=True)
+        outs = [_additive(pad)]
+        for k, v in self.m.cross_kv(mem):
+            outs += [k.contiguous(), v.contiguous()]
+        return tuple(outs)
+
+
+class DecoderStepGraph(nn.Module):
+    """Exported decoder: ``(prefix (N, B, L) int64, cross_mask (N, S), k_0, v_0, ...) -> logits (N, B, L, V)``.
+
+    ``prefix`` is padded to the full ID length L (decoder ids: 0 = BOS, then 1 + offset + code);
+    the self-attention is causal, so the caller reads position ``l`` for level ``l``. Every shape
+    is static but N (queries) and B (beams), and the encoder is never recomputed.
+    """
+
+    def __init__(self, model: GenerativeRetriever):
+        super().__init__()
+        self.m = model.eval()
+
+    def forward(self, prefix: torch.Tensor, cross_mask: torch.Tensor, *kv: torch.Tensor) -> torch.Tensor:
+        m = self.m
+        L = prefix.shape[-1]
+        pairs = [(kv[2 * i], kv[2 * i + 1]) for i in range(len(m.dec))]
+        x = m._decoder(prefix, _additive(m.id_causal[:L, :L]), cross_mask[:, None, None, :], kv=pairs, plain=True)
+        return m.head(x)  # (N, B, L, V)

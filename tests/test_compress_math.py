@@ -11,9 +11,10 @@ from edge_gr.errors import EdgeGRError, InputError, QuantizationError
 from server.compress import (
     FP16_MAX, Fp16Config, Fp16Embedding, Fp16Linear, GroupedLinear, QuantEmbedding, Int4Config, Int8Config, MixedPrecisionRecipe,
     QuantLinear, calibrate_activation_ranges, chapter_recipe, dequantize, dequantize_int4_groupwise, from_linear,
-    kd_loss, listwise_rank_loss, model_nbytes, pack_int4, quantize_, quantize_int4_groupwise,
+    model_nbytes, pack_int4, quantize_, quantize_int4_groupwise,
     quantize_int8_symmetric, replace_linear_, unpack_int4,
 )
+from server.compress.distill import kd_loss, listwise_rank_loss
 from server.model import GenerativeRetriever, GRConfig
 
 N_ITEMS, LEVELS = 30, (4, 4)

@@ -10,9 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from test_model import toy_ids, toy_rec  # noqa: E402
 
-from server.compress import (  # noqa: E402
-    DistillConfig, PruneConfig, RecDistiller, distill, layer_sensitivity, listwise_rank_loss, prune_, teacher_beams,
-)
+from server.compress import PruneConfig, layer_sensitivity, prune_  # noqa: E402
+from server.compress.distill import DistillConfig, RecDistiller, distill, listwise_rank_loss, teacher_beams  # noqa: E402
 from server.model import GenerativeRetriever, GRConfig  # noqa: E402
 from server.train import TrainConfig, rec_windows, train_rec  # noqa: E402
 

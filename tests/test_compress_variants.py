@@ -13,8 +13,8 @@ from test_model import ret_model, rec_model  # noqa: E402,F401  (fixtures)
 
 from edge_gr.errors import InputError  # noqa: E402
 from server.cli import main  # noqa: E402
-from server.compress import DistillConfig, Distiller, distill, hard_negative_loss, teacher_beams  # noqa: E402
-from server.compress.variants import CompressConfig, compress  # noqa: E402
+from server.compress.distill import DistillConfig, Distiller, distill, hard_negative_loss, teacher_beams  # noqa: E402
+from server.compress.variants import CompressConfig, compress, reference_model  # noqa: E402
 from server.generative import GenerativeModel  # noqa: E402
 from server.model import GRConfig  # noqa: E402
 from server.train import TrainConfig  # noqa: E402
@@ -83,7 +83,10 @@ def test_named_variants_save_reload_and_keep_quality(rec_model, tmp_path):
         re = GenerativeModel.load(tmp_path / name)
         assert outputs(re, hist) == outputs(variants[name], hist), name
     users = list(split.test_target)
-    hits = {n: np.mean([split.test_target[u] in [i for i, _ in r] for u, r in zip(users, v.rank([split.test_history(u) for u in users], 10, beam=10))])
+    # quantized variants are fp32 weights + a recipe; their quality is checked with the reference quantizer
+    assert variants["int8"].recipe.precision == "int8" and variants["fp32"].recipe is None
+    hits = {n: np.mean([split.test_target[u] in [i for i, _ in r]
+                        for u, r in zip(users, reference_model(v).rank([split.test_history(u) for u in users], 10, beam=10))])
             for n, v in variants.items()}
     assert hits["fp32"] > 0.6 and hits["int8"] >= 0.9 * hits["fp32"] and hits["pruned-50"] >= 0.6 * hits["fp32"], hits
 
@@ -105,4 +108,6 @@ def test_cli_compress_and_bad_variant(rec_model, tmp_path, capsys):
                  "--variants", "fp32,int8", "--student", "16x1", "--epochs", "2", "--eval-queries", "20"]) == 0
     out = capsys.readouterr().out
     assert "int8" in out and (tmp_path / "v" / "int8" / "model.safetensors").is_file()
-    assert GenerativeModel.load(tmp_path / "v" / "int8").model.cfg.quant[0][1]["precision"] == "int8"
+    re = GenerativeModel.load(tmp_path / "v" / "int8")
+    assert re.recipe.precision == "int8" and (tmp_path / "v" / "int8" / "recipe.json").is_file()
+    assert all(p.dtype == torch.float32 for p in re.model.state_dict().values() if p.is_floating_point())

@@ -20,7 +20,6 @@ from edge_gr.bundle import load_manifest
 from edge_gr.errors import BundleError, InputError
 from server.data.base import Item, Query, RecData, RetrievalData
 from server.export.bundle import export_bundle
-from server.export.modules import DecoderStep, Encoder
 from server.model import GRConfig
 from server.semantic_ids import build_ids
 from server.train import TrainConfig, train_rec, train_retrieval
@@ -95,7 +94,8 @@ def test_export_modules_match_eager_decode(rec_gm, ret_gm):
         with torch.no_grad():
             mem, pad = m.encode(src)
             ref = m.decode(mem, pad, m.teacher_inputs(codes))
-            got = DecoderStep(m)(m.teacher_inputs(codes), *Encoder(m)(src))
+            enc, dec = m.export_graphs()
+            got = dec(m.teacher_inputs(codes), *enc(src))
         assert torch.allclose(ref, got, atol=1e-4), (ref - got).abs().max()
 
 

@@ -1,12 +1,18 @@
-"""Model compression for on-device generative retrieval (issue #3): the pure-math layer.
+"""Model compression for on-device generative retrieval. This package imports only the layer-level
+math (it never imports training, so the checkpoint loader may use it without an import circle):
 
-* :mod:`.quantize` - int8 / int4 weight quantization, fp16 storage, mixed-precision recipes,
-  ``quantize_(model, config)`` and activation-range calibration.
-* :mod:`.distill` - knowledge-distillation losses, :class:`DistillConfig` and the trainer
-  :func:`distill` (teacher -> smaller student, token-level KD + hidden / sequence-level / rank terms).
+* :mod:`.quantize` - the reference int8 / int4 / fp16 quantizer, mixed-precision recipes,
+  ``quantize_(model, config)`` and activation-range calibration (a tested reference and a
+  quality check; bundles are quantized by each backend's own tool, see :mod:`.recipe`).
+* :mod:`.recipe` - the saved quantization recipe and its translation per backend.
 * :mod:`.prune` - structured pruning of FFN channels and attention heads (``prune_``) and
   per-layer sensitivity.
 * :mod:`.grouped` - grouped (block-diagonal) linear layers with channel shuffle.
+* :mod:`.transforms` - what a checkpoint records so loading rebuilds a compressed student.
+
+Training-based compression is imported explicitly: :mod:`server.compress.distill`
+(``distill``, ``DistillConfig``), :mod:`server.compress.recover` (``progressive_prune``,
+``grouped_variant``) and :mod:`server.compress.variants` (``edge-gr compress``).
 
 >>> import torch.nn as nn
 >>> m = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
@@ -14,10 +20,9 @@
 'int8'
 """
 
-from .distill import DistillConfig, Distiller, RecDistiller, distill, hard_negative_loss, kd_loss, listwise_rank_loss, teacher_beams
 from .prune import PruneConfig, layer_sensitivity, prunable_units, prune_
 from .grouped import GroupedLinear, channel_shuffle, from_linear, replace_linear_
-from .recover import calibration_batches, grouped_variant, progressive_prune
+from .transforms import apply_transforms, describe
 from .quantize import (
     FP16_MAX,
     Fp16Config,
@@ -49,12 +54,10 @@ __all__ = [
     "pack_int4", "unpack_int4", "QuantLinear", "QuantEmbedding", "Fp16Linear", "Fp16Embedding", "Int8Config", "Int4Config",
     "Fp16Config", "QuantConfig", "MixedPrecisionRecipe", "chapter_recipe", "recipe_to_rules", "recipe_from_rules", "quantize_", "model_nbytes",
     "calibrate_activation_ranges",
-    # distill
-    "kd_loss", "listwise_rank_loss", "hard_negative_loss", "DistillConfig", "Distiller", "RecDistiller", "teacher_beams", "distill",
     # prune
     "PruneConfig", "prune_", "layer_sensitivity", "prunable_units",
     # grouped
     "GroupedLinear", "channel_shuffle", "from_linear", "replace_linear_",
-    # recover (training-based variants)
-    "calibration_batches", "progressive_prune", "grouped_variant",
+    # transforms (checkpoints)
+    "describe", "apply_transforms",
 ]

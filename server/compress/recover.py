@@ -112,7 +112,6 @@ def grouped_variant(teacher: "GenerativeModel", groups: int, data: "RecSplit | R
     replaced = replace_linear_(gm.model, pattern, groups, shuffle=shuffle)
     if not replaced:
         raise InputError(f"no Linear layer matches {pattern!r}", hint="e.g. '*ffn.net.[02]' for the FFNs")
-    gm.model.cfg.grouped = {"pattern": pattern, "groups": groups, "shuffle": shuffle}
     student = distill(teacher, gm.model, data, distill_cfg, train_cfg)
     student.meta["compress"] = {"kind": "grouped", "groups": groups, "pattern": pattern, "replaced": replaced}
     return student

@@ -6,18 +6,22 @@ training step distils from the teacher:
 
 ==============  ==============================================================================
 ``fp32``        the base (the distilled student)
-``fp16``        fp16 weights and embeddings
-``int8``        int8 per-channel symmetric weights, int8 per-row embeddings
-``int4``        int4 group-wise weights and embeddings (``int4_group_size``)
-``mixed``       the chapter's recipe: embeddings fp16, attention int8, output layer fp16, rest int8
+``fp16``        the base + recipe fp16
+``int8``        the base + recipe int8 (exported: int8 per-channel weights, dynamic int8 activations)
+``int4``        the base + recipe int4 (``int4_group_size``)
+``mixed``       the base + the chapter's per-layer recipe (embeddings fp16, attention int8, output
+                layer fp16, rest int8): reference quantizer only, no backend exports it
 ``pruned-30``   30% of FFN channels and heads removed, progressively, distilled after each step
 ``pruned-50``   the same at 50%
 ``grouped``     FFN Linear layers -> GroupedLinear (``groups``, channel shuffle), distilled
 ==============  ==============================================================================
 
-Quantized variants record their rules in ``GRConfig.quant`` and pruned / grouped ones their
-shapes, so every variant saves as a normal checkpoint folder and reloads with
-``GenerativeModel.load``; the report holds params and bytes of weight storage of each.
+Every variant saves as an fp32 checkpoint folder (pruned shapes in its config, grouped layers
+as a recorded transform) and reloads with ``GenerativeModel.load``; a quantized one also holds
+``recipe.json`` (:class:`~server.compress.recipe.QuantRecipe`), which ``edge-gr export`` /
+``edge-gr build`` translate into each backend's own quantizer. The report holds params, the
+bytes of weight storage under the recipe and, for quantized variants, the reference quantizer's
+agreement with the fp32 base (:func:`reference_model`: a quality check, not what ships).
 
 >>> sorted(VARIANTS)[:3]
 ['fp16', 'fp32', 'grouped']
@@ -34,7 +38,8 @@ from typing import TYPE_CHECKING
 from edge_gr.errors import InputError
 
 from .distill import DistillConfig, distill
-from .quantize import Fp16Config, Int4Config, Int8Config, chapter_recipe, model_nbytes, quantize_, recipe_to_rules
+from .quantize import model_nbytes, quantize_, recipe_to_rules
+from .recipe import QuantRecipe
 from .recover import calibration_batches, grouped_variant, progressive_prune
 
 if TYPE_CHECKING:
@@ -43,7 +48,7 @@ if TYPE_CHECKING:
     from server.model import GRConfig
     from server.train import TrainConfig
 
-__all__ = ["VARIANTS", "CompressConfig", "compress", "quantized_variant", "weight_bytes"]
+__all__ = ["VARIANTS", "CompressConfig", "compress", "reference_model", "with_recipe", "weight_bytes"]
 
 VARIANTS = ("fp32", "fp16", "int8", "int4", "mixed", "pruned-30", "pruned-50", "grouped")
 
@@ -69,23 +74,38 @@ class CompressConfig:
 
 
 def weight_bytes(gm: "GenerativeModel") -> int:
-    """Bytes of weight storage (int4 counted packed), as ``model_nbytes``."""
-    return model_nbytes(gm.model)
+    """Bytes of weight storage under ``gm``'s recipe (int4 counted packed), as ``model_nbytes``."""
+    return model_nbytes(reference_model(gm).model)
 
 
-def quantized_variant(gm: "GenerativeModel", config) -> "GenerativeModel":
-    """A quantized copy of ``gm`` (``config``: a quant config or recipe) that saves and reloads as a checkpoint."""
+def with_recipe(gm: "GenerativeModel", recipe: QuantRecipe | None) -> "GenerativeModel":
+    """``gm`` (same fp32 weights) carrying ``recipe``: what a quantized variant saves."""
     out = copy.copy(gm)
-    out.model = copy.deepcopy(gm.model).cpu().eval()
     out.meta = dict(gm.meta or {})
-    quantize_(out.model, config)
-    out.model.cfg.quant = recipe_to_rules(config)
+    out.recipe = recipe
     return out
 
 
-def _quant_config(name: str, cfg: CompressConfig):
-    return {"fp16": Fp16Config(), "int8": Int8Config(), "int4": Int4Config(group_size=cfg.int4_group_size),
-            "mixed": chapter_recipe()}[name]
+def reference_model(gm: "GenerativeModel") -> "GenerativeModel":
+    """``gm`` fake-quantized in memory by the reference quantizer per its recipe (``gm`` itself when fp32).
+
+    A quality check of the recipe, not a checkpoint (``save`` refuses it) and not what ships:
+    bundles are quantized by each backend's tool."""
+    conf = gm.recipe.reference_config() if gm.recipe is not None else None
+    if conf is None:
+        return gm
+    out = copy.copy(gm)
+    out.model = copy.deepcopy(gm.model).cpu().eval()
+    quantize_(out.model, conf)
+    return out
+
+
+def _recipe(name: str, cfg: CompressConfig) -> QuantRecipe:
+    from .quantize import chapter_recipe
+
+    if name == "mixed":
+        return QuantRecipe("int8", rules=tuple(tuple(r) for r in recipe_to_rules(chapter_recipe())))
+    return QuantRecipe(name, group_size=cfg.int4_group_size)
 
 
 def compress(teacher: "GenerativeModel", data: "RecSplit | RetrievalData", names: list[str], cfg: CompressConfig, *,
@@ -119,7 +139,7 @@ def compress(teacher: "GenerativeModel", data: "RecSplit | RetrievalData", names
         if name == "fp32":
             v = base
         elif name in ("fp16", "int8", "int4", "mixed"):
-            v = quantized_variant(base, _quant_config(name, cfg))
+            v = with_recipe(base, _recipe(name, cfg))
         elif name.startswith("pruned-"):
             calib = calib or calibration_batches(base, data)
             v, _ = progressive_prune(teacher, int(name.split("-")[1]) / 100, data, calib, cfg.distill, recover,
@@ -131,6 +151,7 @@ def compress(teacher: "GenerativeModel", data: "RecSplit | RetrievalData", names
         log = (v.meta or {}).get("log") or []
         report["variants"][name] = {"params": v.model.n_params() + sum(b.numel() for n_, b in v.model.named_buffers() if "weight" in n_),
                                     "bytes": weight_bytes(v), "compress": (v.meta or {}).get("compress"),
+                                    "recipe": None if v.recipe is None else v.recipe.to_dict(),
                                     "best_valid": max((e.get("valid", float("-inf")) for e in log), default=None)}
         if out_dir is not None:
             v.save(out_dir / name)

@@ -2,7 +2,7 @@
 
 Stages, each ending in one artifact (``server/export/``):
 
-* :mod:`.modules`  - ``Encoder`` / ``DecoderStep`` torch modules with the bundle's fixed I/O
+* :mod:`.modules`  - example inputs for the model's two export graphs (``GenerativeRetriever.export_graphs``)
 * :mod:`.torch_pt2`, :mod:`.onnx`, :mod:`.executorch`, :mod:`.litert` - one exporter per backend
 * :mod:`.bundle`   - ``export_bundle(gm, out_dir, variants)`` writes the bundle folder (+ archive)
 """

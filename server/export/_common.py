@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..model import GenerativeRetriever
-from .modules import DecoderStep, Encoder, example_inputs
+from .modules import example_inputs
 
 __all__ = ["io_names", "dynamic_shapes", "wrap"]
 
@@ -33,4 +33,5 @@ def wrap(model: GenerativeRetriever, n: int = 2, beam: int = 3):
     """``(encoder, decoder, enc_args, dec_args)`` ready to export (float32, eval, CPU)."""
     model = model.float().cpu().eval()
     enc_args, dec_args = example_inputs(model, n, beam)
-    return Encoder(model).eval(), DecoderStep(model).eval(), enc_args, dec_args
+    enc, dec = model.export_graphs()
+    return enc.eval(), dec.eval(), enc_args, dec_args
