@@ -1,4 +1,4 @@
-"""The one path from a catalogue to a phone: data -> IDs -> teacher -> export -> verify -> bundle.
+"""The one path from a catalogue to a phone: data -> IDs -> teacher -> student -> export -> verify -> bundle.
 
 Each stage is a function that returns its artifact and records, in the work folder, the
 hash of everything it was made from; a stage whose record matches is skipped (``WORK/stage-<name>.json``), so a second
@@ -6,15 +6,21 @@ hash of everything it was made from; a stage whose record matches is skipped (``
 the preset, the variants) re-runs that stage and the ones after it.
 
     edge-gr build --task retrieval --data FOLDER --out bundle/ [--preset tiny|demo|full] [--device cuda]
-                  [--variants onnxruntime:fp32,onnxruntime:int8] [--work bundle.build/]
+                  [--variants onnxruntime:fp32@teacher,onnxruntime:int8@student] [--work bundle.build/]
+                  [--teacher CKPT] [--no-student]
+
+Stages: ``ids`` (semantic IDs), ``teacher`` (or ``--teacher CKPT``: an already trained one),
+``student`` (the preset's smaller model distilled from the teacher on the same data stream,
+:func:`server.compress.distill.distill`), ``export+verify``. By default the bundle holds the
+teacher at fp32 and the student at int8 (the backend quantizes the student's fp32 weights,
+:mod:`server.compress.recipe`); ``--variants`` picks others (``@teacher`` / ``@student``).
 
 Verification loads every exported variant with the device runtime (``edge_gr.load``) and
-compares it with the eager model on the validation queries: top-10 overlap and Recall@10
-of both are written into the bundle manifest (``variants[i].metrics``) and into
+compares it on the validation queries with the eager model it was exported from: top-10
+overlap, Recall@10 and its ratio to the eager teacher, and for quantized variants the top-10
+overlap with the reference quantizer applied to the same weights (a quality check of the
+backend's quantizer). These go into the manifest (``variants[i].metrics``) and
 ``WORK/verify.json``. A variant whose overlap falls below ``min_overlap`` fails the build.
-
-Not yet here (see the issue "One path from a catalogue to a phone"): the student stage
-(distil / prune / group) - the exported model is the teacher.
 
 >>> build(BuildSpec(task="retrieval", data="my_docs/", out="bundle/"))   # doctest: +SKIP
 PosixPath('bundle')
@@ -33,7 +39,7 @@ from edge_gr.errors import EdgeGRError
 
 __all__ = ["BuildSpec", "BuildError", "build", "DEFAULT_BUILD_VARIANTS"]
 
-DEFAULT_BUILD_VARIANTS: tuple[tuple[str, str], ...] = (("onnxruntime", "fp32"), ("onnxruntime", "int8"))
+DEFAULT_BUILD_VARIANTS: tuple[tuple[str, str, str], ...] = (("onnxruntime", "fp32", "teacher"), ("onnxruntime", "int8", "student"))
 
 
 class BuildError(EdgeGRError):
@@ -46,8 +52,10 @@ class BuildSpec:
     data: str                                    # ml-1m | ml-100k | bible | a folder (see docs/data.md)
     out: str                                     # the bundle folder to write
     preset: str = "demo"                         # model / training size (server.pipeline presets)
-    variants: tuple[tuple[str, str], ...] = DEFAULT_BUILD_VARIANTS
+    variants: tuple[tuple, ...] | None = None    # (backend, precision, source); None: DEFAULT_BUILD_VARIANTS (teacher only without a student)
     device: str = "cpu"                          # torch device of the training stages
+    teacher: str | None = None                   # an already trained teacher checkpoint (skips the teacher stage)
+    student: bool = True                         # distil the preset's student
     work: str | None = None                      # stage artifacts (default: OUT.build next to OUT)
     min_overlap: float = 0.5                     # verify: a variant's top-10 overlap with eager below this fails
     verify_queries: int = 200
@@ -128,32 +136,53 @@ def _load(spec: BuildSpec, p):
     return load_rec_data(p) if spec.task == "rec" else load_retrieval_data(p)
 
 
-def _verify(spec: BuildSpec, gm, bundle: Path, data) -> dict:
-    """Every variant through the device runtime vs the eager model on validation inputs."""
-    import edge_gr
-    from .metrics import rank_metrics
-
+def _inputs(spec: BuildSpec, data):
+    """Validation inputs and their relevant ids (never the test split)."""
     if spec.task == "retrieval":
         qs = (data.valid or data.test)[: spec.verify_queries]
-        inputs, rel = [q.text for q in qs], [q.relevant for q in qs]
-        eager = gm.search_many(inputs, 10, beam=20)
-    else:
-        split = data.split()
-        users = list(split.valid_target)[: spec.verify_queries]
-        inputs, rel = [split.train[u] for u in users], [{split.valid_target[u]} for u in users]
-        eager = gm.rank(inputs, 10, beam=20)
-    eager_ids = [[i for i, _ in r] for r in eager]
-    out = {"eager": rank_metrics(eager_ids, rel), "n": len(inputs), "variants": {}}
-    for name in edge_gr.load(bundle).variants:
-        r = edge_gr.load(bundle, variant=name)
+        return [q.text for q in qs], [q.relevant for q in qs]
+    split = data.split()
+    users = list(split.valid_target)[: spec.verify_queries]
+    return [split.train[u] for u in users], [{split.valid_target[u]} for u in users]
+
+
+def _eager(gm, task: str, inputs) -> list[list[str]]:
+    out = gm.search_many(inputs, 10, beam=20) if task == "retrieval" else gm.rank(inputs, 10, beam=20)
+    return [[i for i, _ in r] for r in out]
+
+
+def _overlap(got: list[list[str]], ref: list[list[str]]) -> float:
+    return sum(len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(got, ref)) / max(1, len(ref))
+
+
+def _verify(spec: BuildSpec, sources: dict, bundle: Path, data) -> dict:
+    """Every variant through the device runtime vs the eager model it came from, on validation inputs."""
+    import edge_gr
+    from edge_gr.bundle import load_manifest
+
+    from .compress.recipe import QuantRecipe
+    from .compress.variants import reference_model, with_recipe
+    from .metrics import rank_metrics
+
+    inputs, rel = _inputs(spec, data)
+    eager = {name: _eager(gm, spec.task, inputs) for name, gm in sources.items()}
+    eager_m = {name: rank_metrics(ids, rel) for name, ids in eager.items()}
+    teacher_r = eager_m["teacher"]["recall@10"] if "teacher" in eager_m else None
+    out = {"n": len(inputs), "eager": eager_m, "variants": {}}
+    for v in load_manifest(bundle).variants:
+        src = v.source.get("name", "teacher")
+        r = edge_gr.load(bundle, variant=v.name)
         got = [[h.item_id for h in hs] for hs in r.search_many(inputs, k=10, beam=20)]
-        overlap = sum(len(set(a) & set(b)) / max(1, len(b)) for a, b in zip(got, eager_ids)) / max(1, len(inputs))
         m = rank_metrics(got, rel)
-        out["variants"][name] = {"overlap@10": overlap, "recall@10": m["recall@10"],
-                                 "recall@10_ratio": m["recall@10"] / out["eager"]["recall@10"] if out["eager"]["recall@10"] else None}
+        row = {"source": src, "overlap@10": _overlap(got, eager[src]), "recall@10": m["recall@10"], "mrr@10": m["mrr@10"],
+               "recall@10_ratio_to_teacher": m["recall@10"] / teacher_r if teacher_r else None, "bytes": v.size}
+        if v.precision != "fp32":
+            ref = reference_model(with_recipe(sources[src], QuantRecipe(v.precision)))
+            row["overlap@10_reference_quantizer"] = _overlap(got, _eager(ref, spec.task, inputs))
+        out["variants"][v.name] = row
     bad = {n: v["overlap@10"] for n, v in out["variants"].items() if v["overlap@10"] < spec.min_overlap}
     if bad:
-        raise BuildError(f"exported variants disagree with the eager model: top-10 overlap {bad}",
+        raise BuildError(f"exported variants disagree with their eager models: top-10 overlap {bad}",
                          hint=f"re-export, drop those variants, or lower --min-overlap (now {spec.min_overlap})")
     return out
 
@@ -170,14 +199,35 @@ def _write_metrics(bundle: Path, metrics: dict[str, dict]) -> None:
     BundleManifest.from_dict(json.loads((bundle / MANIFEST).read_text()))  # still a valid manifest
 
 
+def _variants(spec: BuildSpec, p) -> tuple[tuple[str, str, str], ...]:
+    has_student = spec.student and getattr(p, "student", None) is not None
+    vs = tuple(tuple(v) for v in (spec.variants or DEFAULT_BUILD_VARIANTS))
+    if spec.variants is None and not has_student:
+        vs = tuple((b, pr, "teacher") for b, pr, _ in vs)  # no student: the teacher at every precision
+    out = []
+    for v in vs:
+        b, pr, src = (tuple(v) + (None,))[:3]
+        src = src or ("student" if has_student and pr != "fp32" else "teacher")
+        if src not in ("teacher", "student") or (src == "student" and not has_student):
+            raise BuildError(f"variant {b}:{pr}@{src}: the sources are teacher" + (" and student" if has_student else ""),
+                             hint="use @teacher or @student" if has_student else "drop --no-student or use @teacher")
+        out.append((b, pr, src))
+    return tuple(out)
+
+
 def build(spec: BuildSpec) -> Path:
     """Run every stage of ``spec`` (skipping the up-to-date ones); returns the bundle folder."""
+    from edge_gr.delta import write_text_atomic
+    from edge_gr.ids import SemanticIds
+
+    from .compress.distill import DistillConfig, distill
     from .export.bundle import export_bundle
     from .generative import GenerativeModel
     from .pipeline import rec_ids, retrieval_ids
     from .train import train_rec, train_retrieval
 
     p = _presets(spec)
+    variants = _variants(spec, p)
     out = Path(spec.out)
     work = Path(spec.work) if spec.work else out.with_name(out.name + ".build")
     if work.resolve() == out.resolve():
@@ -186,45 +236,68 @@ def build(spec: BuildSpec) -> Path:
     data = _load(spec, p)
     data_key = _data_fingerprint(spec.data)
 
-    from edge_gr.ids import SemanticIds
+    if spec.teacher:
+        teacher = GenerativeModel.load(spec.teacher)
+        teacher_key = _hash("given", _data_fingerprint(spec.teacher))
+        st._say(f"teacher: given ({spec.teacher}), ids and teacher stages skipped")
+    else:
+        ids_path = work / "ids.json"
+        ids_key = _hash(data_key, spec.task, {k: getattr(p, k) for k in ("levels", "id_method") if hasattr(p, k)},
+                        getattr(p, "id_source", None), getattr(p, "collab_dim", None))
 
-    ids_path = work / "ids.json"
-    ids_key = _hash(data_key, spec.task, {k: getattr(p, k) for k in ("levels", "id_method") if hasattr(p, k)},
-                    getattr(p, "id_source", None), getattr(p, "collab_dim", None))
+        def make_ids():
+            ids = rec_ids(data, data.split(), p) if spec.task == "rec" else retrieval_ids(data, p)
+            ids.save(ids_path)
 
-    def make_ids():
-        ids = rec_ids(data, data.split(), p) if spec.task == "rec" else retrieval_ids(data, p)
-        ids.save(ids_path)
+        st.run("ids", ids_key, make_ids, ids_path.is_file)
+        ids = SemanticIds.load(ids_path)
 
-    st.run("ids", ids_key, make_ids, ids_path.is_file)
-    ids = SemanticIds.load(ids_path)
+        teacher_dir = work / "teacher"
+        teacher_key = _hash(ids_key, asdict(p.model), {k: v for k, v in asdict(p.train).items() if k not in ("progress", "device")},
+                            asdict(p.sampler) if getattr(p, "sampler", None) else None, getattr(p, "vocab_size", None))
 
-    teacher_dir = work / "teacher"
-    teacher_key = _hash(ids_key, asdict(p.model), {k: v for k, v in asdict(p.train).items() if k not in ("progress", "device")},
-                        asdict(p.sampler) if getattr(p, "sampler", None) else None, getattr(p, "vocab_size", None))
+        def make_teacher():
+            if spec.task == "rec":
+                gm, _ = train_rec(data.split(), data.items, ids, replace(p.model), p.train)
+            else:
+                gm, _ = train_retrieval(data, ids, replace(p.model), p.train, vocab_size=p.vocab_size, sampler=p.sampler,
+                                        index_windows=p.index_windows)
+            gm.meta["dataset"] = spec.data
+            gm.model.to("cpu")
+            gm.save(teacher_dir)
 
-    def make_teacher():
-        if spec.task == "rec":
-            split = data.split()
-            gm, _ = train_rec(split, data.items, ids, replace(p.model), p.train)
-        else:
-            gm, _ = train_retrieval(data, ids, replace(p.model), p.train, vocab_size=p.vocab_size, sampler=p.sampler,
-                                    index_windows=p.index_windows)
-        gm.meta["dataset"] = spec.data
-        gm.model.to("cpu")
-        gm.save(teacher_dir)
+        st.run("teacher", teacher_key, make_teacher, lambda: (teacher_dir / "edge_gr_model.json").is_file())
+        teacher = GenerativeModel.load(teacher_dir)
+    sources = {"teacher": teacher}
 
-    st.run("teacher", teacher_key, make_teacher, lambda: (teacher_dir / "edge_gr_model.json").is_file())
-    gm = GenerativeModel.load(teacher_dir)
+    stage_key = teacher_key
+    if any(src == "student" for *_, src in variants):
+        student_dir = work / "student"
+        strain = replace(p.student_train or p.train, device=spec.device, progress=spec.progress)
+        dcfg = DistillConfig(alpha=0.5, temperature=2.0)  # KD + hard labels: the compress default (docs/compression.md)
+        stage_key = _hash(teacher_key, asdict(p.student), {k: v for k, v in asdict(strain).items() if k not in ("progress", "device")},
+                          asdict(dcfg), asdict(p.sampler) if getattr(p, "sampler", None) else None)
 
-    export_key = _hash(teacher_key, [list(v) for v in spec.variants])
+        def make_student():
+            teacher.model.to(spec.device)
+            st_cfg = replace(p.student, max_len=teacher.model.cfg.max_len)  # one input length per bundle
+            gm = distill(teacher, st_cfg, data.split() if spec.task == "rec" else data, dcfg, strain, sampler=getattr(p, "sampler", None))
+            teacher.model.to("cpu")
+            gm.meta["dataset"] = spec.data
+            gm.model.to("cpu")
+            gm.save(student_dir)
+
+        st.run("student", stage_key, make_student, lambda: (student_dir / "edge_gr_model.json").is_file())
+        sources["student"] = GenerativeModel.load(student_dir)
+
+    export_key = _hash(stage_key, [list(v) for v in variants])
     verify_path = work / "verify.json"
 
     def make_bundle():
-        export_bundle(gm, out, list(spec.variants), model_version=f"build-{export_key}")
-        rep = _verify(spec, gm, out, data)
+        export_bundle(teacher, out, variants, sources=sources, main_name="teacher", model_version=f"build-{export_key}")
+        rep = _verify(spec, sources, out, data)
         _write_metrics(out, rep["variants"])
-        verify_path.write_text(json.dumps(rep, indent=1))
+        write_text_atomic(verify_path, json.dumps(rep, indent=1))
 
     st.run("export+verify", _hash(export_key, spec.min_overlap, spec.verify_queries), make_bundle,
            lambda: (out / "manifest.json").is_file() and verify_path.is_file())
@@ -238,7 +311,10 @@ def add_parser(sub) -> None:
     sp.add_argument("--data", required=True, help="ml-1m | ml-100k | bible | a folder (docs.jsonl[.gz] ... or items + interactions)")
     sp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
     sp.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo")
-    sp.add_argument("--variants", default=None, help="BACKEND:PRECISION,... (default onnxruntime:fp32,onnxruntime:int8)")
+    sp.add_argument("--variants", default=None, help="BACKEND:PRECISION[@teacher|@student],... "
+                    "(default onnxruntime:fp32@teacher,onnxruntime:int8@student)")
+    sp.add_argument("--teacher", default=None, help="an already trained teacher checkpoint (skips the ids and teacher stages)")
+    sp.add_argument("--no-student", action="store_true", help="export the teacher only (no distillation stage)")
     sp.add_argument("--device", default=None, help="torch device for training (default: cuda if available, else cpu)")
     sp.add_argument("--work", default=None, help="folder for stage artifacts (default OUT.build)")
     sp.add_argument("--min-overlap", type=float, default=0.5, help="fail if a variant's top-10 overlap with the eager model is lower")
@@ -249,17 +325,19 @@ def _cmd_build(args) -> None:
     from .export.bundle import parse_variants
 
     try:
-        variants = tuple(parse_variants(args.variants)) if args.variants else DEFAULT_BUILD_VARIANTS
+        variants = tuple(tuple(v) for v in parse_variants(args.variants)) if args.variants else None
     except ValueError as e:
-        raise BuildError(str(e), hint="e.g. --variants onnxruntime:fp32,onnxruntime:int8") from None
+        raise BuildError(str(e), hint="e.g. --variants onnxruntime:fp32@teacher,onnxruntime:int8@student") from None
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     spec = BuildSpec(task=args.task, data=args.data, out=args.out, preset=args.preset, variants=variants, device=args.device,
-                     work=args.work, min_overlap=args.min_overlap)
+                     work=args.work, min_overlap=args.min_overlap, teacher=args.teacher, student=not args.no_student)
     out = build(spec)
     rep = json.loads((Path(spec.work or out.with_name(out.name + ".build")) / "verify.json").read_text())
     for name, v in rep["variants"].items():
-        print(f"{name:<20} overlap@10 {v['overlap@10']:.3f}  recall@10 {v['recall@10']:.3f} (eager {rep['eager']['recall@10']:.3f})")
+        ratio = v["recall@10_ratio_to_teacher"]
+        print(f"{name:<24} from {v['source']:<8} overlap@10 {v['overlap@10']:.3f}  recall@10 {v['recall@10']:.3f}"
+              + (f" ({ratio:.3f} of the teacher)" if ratio is not None else ""))
     print(f"wrote {out}")

@@ -49,6 +49,10 @@ class RecPreset:
     sasrec: dict = field(default_factory=lambda: {"max_len": 200, "epochs": 300, "patience": 30, "dropout": 0.1, "lr": 2e-3})
     seeds: tuple[int, ...] = (0, 1, 2)
     latency_queries: int = 200
+    # the device student `edge-gr build` distils (its int8 variant ships); None = export the teacher only
+    student: GRConfig | None = field(default_factory=lambda: GRConfig(d_model=64, n_heads=2, max_len=200, dropout=0.1))
+    student_train: TrainConfig | None = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=128, lr=2e-3, eval_queries=1000,
+                                                                                  patience=5, max_minutes=6.0))
 
 
 @dataclass
@@ -73,18 +77,26 @@ class RetrievalPreset:
     dense_finetune: DenseFinetuneConfig | None = field(default_factory=lambda: DenseFinetuneConfig(steps=1500, batch_size=512))
     seeds: tuple[int, ...] = (0,)
     latency_queries: int = 200
+    # the device student `edge-gr build` distils on the same sampled stream (its int8 variant ships)
+    student: GRConfig | None = field(default_factory=lambda: GRConfig(d_model=128, n_heads=4, max_len=32, dropout=0.1, n_enc_layers=2, n_dec_layers=2))
+    student_train: TrainConfig | None = field(default_factory=lambda: TrainConfig(epochs=10, steps_per_epoch=1000, lr=2e-3, warmup_steps=300,
+                                                                                  ema=0.999, eval_queries=2000, beam=20, patience=3, max_minutes=7.0))
 
 
 REC_PRESETS = {
     "demo": RecPreset(dataset="ml-100k", levels=(32, 32, 32), collab_dim=32, beam=50,
                       model=GRConfig(d_model=64, n_heads=2, max_len=50, dropout=0.2),
                       train=TrainConfig(epochs=20, batch_size=64, lr=2e-3, eval_queries=300, threads=2),
-                      sasrec={"max_len": 50, "epochs": 40, "patience": 5, "d_model": 64}, seeds=(0,)),
+                      sasrec={"max_len": 50, "epochs": 40, "patience": 5, "d_model": 64}, seeds=(0,),
+                      student=GRConfig(d_model=32, n_heads=2, max_len=50, dropout=0.1),
+                      student_train=TrainConfig(epochs=10, batch_size=64, lr=2e-3, eval_queries=300, threads=2, patience=3)),
     "full": RecPreset(),
     "tiny": RecPreset(dataset="ml-100k", max_users=120, levels=(8, 8), collab_dim=8, beam=10,
                       model=GRConfig(d_model=32, n_heads=2, max_len=20, dropout=0.1, n_enc_layers=1, n_dec_layers=1),
                       train=TrainConfig(epochs=2, batch_size=32, eval_queries=20, progress=False),
-                      sasrec={"max_len": 20, "epochs": 2, "patience": 1, "d_model": 32}, latency_queries=10, seeds=(0,)),
+                      sasrec={"max_len": 20, "epochs": 2, "patience": 1, "d_model": 32}, latency_queries=10, seeds=(0,),
+                      student=GRConfig(d_model=16, n_heads=2, max_len=20, dropout=0.0, n_enc_layers=1, n_dec_layers=1),
+                      student_train=TrainConfig(epochs=2, batch_size=32, eval_queries=20, progress=False)),
 }
 RETRIEVAL_PRESETS = {
     # CPU: bounded by steps (10 x 150 of 288 examples), never by the clock
@@ -94,14 +106,19 @@ RETRIEVAL_PRESETS = {
                             train=TrainConfig(epochs=10, steps_per_epoch=150, lr=2e-3, warmup_steps=100, ema=0.99, eval_queries=200,
                                               beam=20, patience=4, threads=2),
                             dense_finetune=DenseFinetuneConfig(steps=150, batch_size=64, warmup_steps=15),
-                            vocab_size=4000),
+                            vocab_size=4000,
+                            student=GRConfig(d_model=64, n_heads=2, max_len=24, dropout=0.1, n_enc_layers=2, n_dec_layers=2),
+                            student_train=TrainConfig(epochs=6, steps_per_epoch=150, lr=2e-3, warmup_steps=100, ema=0.99, eval_queries=200,
+                                                      beam=20, patience=3, threads=2)),
     "full": RetrievalPreset(),
     "tiny": RetrievalPreset(books=["Jude"], levels=(4, 4), beam=10, max_valid=8, vocab_size=300,
                             sampler=SamplerConfig(batch_size=32, whole_per_batch=8, window=(2, 8)),
                             model=GRConfig(d_model=32, n_heads=2, max_len=16, n_enc_layers=1, n_dec_layers=1),
                             train=TrainConfig(epochs=2, steps_per_epoch=5, eval_queries=8, beam=10, progress=False),
                             dense_finetune=DenseFinetuneConfig(steps=2, batch_size=8, warmup_steps=1, progress=False),
-                            latency_queries=10),
+                            latency_queries=10,
+                            student=GRConfig(d_model=16, n_heads=2, max_len=16, dropout=0.0, n_enc_layers=1, n_dec_layers=1),
+                            student_train=TrainConfig(epochs=2, steps_per_epoch=5, eval_queries=8, beam=10, progress=False)),
 }
 
 

@@ -327,12 +327,7 @@ def train_retrieval(data: RetrievalData, ids: SemanticIds, mcfg: GRConfig, cfg: 
         make_batches = retrieval_batches(tok, ids, data, mcfg.max_len, cfg.batch_size, cfg.seed, index_windows, window_range)
     else:
         sampler = replace(sampler, max_len=mcfg.max_len)
-        corpus = TextCorpus.build(tok, texts, own, queries, max_len=mcfg.max_len)
-        rank, _ = _dist()
-        ws = WindowSampler(corpus, sampler, seed=cfg.seed * 1000 + rank, device=cfg.device)
-        rows = torch.as_tensor(np.array([ids.index(d.id) for d in data.docs]))
-        codes = torch.as_tensor(ids.codes)[rows].to(cfg.device)  # doc row -> ID codes
-        make_batches = lambda epoch: _Sampled(ws, codes, cfg.steps_per_epoch)  # noqa: E731
+        make_batches = sampled_batches(tok, ids, data, sampler, cfg)
     valid = data.valid[: cfg.eval_queries] if cfg.eval_queries else []
 
     def evaluate() -> float:
@@ -343,6 +338,18 @@ def train_retrieval(data: RetrievalData, ids: SemanticIds, mcfg: GRConfig, cfg: 
     gm.meta = {"train": asdict(cfg), "vocab_size": tok.get_vocab_size(), "log": log,
                "recipe": {"sampler": sampler.to_dict()} if sampler else {"fixed": {"index_windows": index_windows, "window_range": list(window_range)}}}
     return gm, log
+
+
+def sampled_batches(tok, ids: SemanticIds, data: RetrievalData, sampler: SamplerConfig, cfg: TrainConfig) -> Callable[[int], "_Sampled"]:
+    """``make_batches(epoch)``: ``cfg.steps_per_epoch`` batches cut afresh from ``data``'s texts by ``sampler``
+    (:mod:`server.sampling`), each ``(src (B, S) tokens, codes (B, L))``, made on ``cfg.device``."""
+    texts, own, queries = retrieval_texts(data)
+    corpus = TextCorpus.build(tok, texts, own, queries, max_len=sampler.max_len)
+    rank, _ = _dist()
+    ws = WindowSampler(corpus, sampler, seed=cfg.seed * 1000 + rank, device=cfg.device)
+    rows = torch.as_tensor(np.array([ids.index(d.id) for d in data.docs]))
+    codes = torch.as_tensor(ids.codes)[rows].to(cfg.device)  # doc row -> ID codes
+    return lambda epoch: _Sampled(ws, codes, cfg.steps_per_epoch)
 
 
 def retrieval_batches(tok, ids: SemanticIds, data: RetrievalData, max_len: int, batch_size: int, seed: int,

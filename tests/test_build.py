@@ -28,6 +28,12 @@ def test_build_docs_folder_to_verified_bundle_and_skip(tmp_path, capsys):
     m = load_manifest(out)
     assert {v.precision for v in m.variants} == {"fp32", "int8"}
     assert all("overlap@10" in v.metrics and "recall@10" in v.metrics for v in m.variants)
+    # the int8 variant is the distilled student, quantized by the backend; the fp32 one the teacher
+    by = {v.precision: v for v in m.variants}
+    assert by["int8"].source["name"] == "student" and by["fp32"].source["name"] == "teacher"
+    assert by["int8"].source["params"] < by["fp32"].source["params"]
+    assert by["int8"].recipe["tool"] == "onnxruntime.quantization.quantize_dynamic"
+    assert 0.0 <= by["int8"].metrics["overlap@10_reference_quantizer"] <= 1.0
     r = edge_gr.load(out)
     assert r.search(" ".join(WORDS[2:6]), k=3)
     capsys.readouterr()
@@ -35,7 +41,7 @@ def test_build_docs_folder_to_verified_bundle_and_skip(tmp_path, capsys):
     assert len([ln for ln in capsys.readouterr().out.splitlines() if " d" in ln]) == 3
     assert cli(argv) == 0  # same inputs: every stage is skipped
     err = capsys.readouterr().err
-    assert err.count("skipped") == 3
+    assert err.count("skipped") == 4  # ids, teacher, student, export+verify
     # another variant list re-runs export+verify only
     assert cli(argv + ["--variants", "onnxruntime:fp32"]) == 0
     err = capsys.readouterr().err

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # server.train imports the data layer; keep this module light
     from server.data.base import RecSplit
     from server.generative import GenerativeModel
     from server.model import GenerativeRetriever, GRConfig
+    from server.sampling import SamplerConfig
     from server.train import TrainConfig
 
 __all__ = ["kd_loss", "listwise_rank_loss", "hard_negative_loss", "DistillConfig", "Distiller", "RecDistiller", "teacher_beams", "distill"]
@@ -347,7 +348,7 @@ def _attach_beams(make_batches, beams, cfg: DistillConfig, seed: int):
 
 
 def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever", data: "RecSplit | RetrievalData",
-            cfg: DistillConfig, train_cfg: "TrainConfig") -> "GenerativeModel":
+            cfg: DistillConfig, train_cfg: "TrainConfig", *, sampler: "SamplerConfig | None" = None) -> "GenerativeModel":
     """Train a student from ``teacher`` (either task) and return it as a :class:`GenerativeModel`.
 
     ``student``: a :class:`GRConfig` (a fresh model of any width / depth is built with the teacher's
@@ -356,7 +357,8 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
     :class:`RecSplit` (rec) or :class:`RetrievalData` (retrieval) the teacher was trained on.
     Same batches, optimiser, schedule, validation (rec NDCG@10 on ``valid_target``, retrieval
     Recall@10 on ``valid``) and early stopping as ``train_rec`` / ``train_retrieval``; the loss is
-    :class:`Distiller`'s. ``meta["log"]`` holds the per-epoch log.
+    :class:`Distiller`'s. ``meta["log"]`` holds the per-epoch log. Retrieval with a ``sampler``:
+    the batches are cut afresh every step as in ``train_retrieval`` (``train_cfg.steps_per_epoch`` per epoch).
 
     >>> gm = distill(teacher, GRConfig(d_model=128, n_enc_layers=2, n_dec_layers=2), split,
     ...              DistillConfig(alpha=0.5, rank_weight=0.5), TrainConfig(epochs=5))   # doctest: +SKIP
@@ -364,7 +366,7 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
     from server.generative import GenerativeModel
     from server.metrics import rank_metrics
     from server.model import GenerativeRetriever
-    from server.train import fit, rec_windows, retrieval_batches, seed_everything
+    from server.train import fit, rec_windows, retrieval_batches, sampled_batches, seed_everything
 
     task = teacher.task
     if train_cfg.threads:
@@ -415,8 +417,15 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
             return rank_metrics([[i for i, _ in r] for r in ranked], [{data.valid_target[u]} for u in eval_users])["ndcg@10"]
         has_eval = bool(eval_users)
     else:
-        make_batches = retrieval_batches(teacher.tokenizer, ids, data, scfg.max_len, train_cfg.batch_size, train_cfg.seed)
-        n_examples = len(data.train) + len(data.docs)
+        if sampler is not None:
+            from dataclasses import replace
+
+            sampler = replace(sampler, max_len=scfg.max_len)
+            make_batches = sampled_batches(teacher.tokenizer, ids, data, sampler, train_cfg)
+            n_examples = train_cfg.steps_per_epoch * sampler.batch_size
+        else:
+            make_batches = retrieval_batches(teacher.tokenizer, ids, data, scfg.max_len, train_cfg.batch_size, train_cfg.seed)
+            n_examples = len(data.train) + len(data.docs)
         if cfg.uses_beams and data.train:
             pick = sorted(rng.choice(len(data.train), min(cfg.rank_samples, len(data.train)), replace=False))
             qs = [data.train[i] for i in pick]

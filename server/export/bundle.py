@@ -1,25 +1,46 @@
-"""Stage: write a device bundle (the one cloud -> device contract) from a trained model.
+"""Stage: write a device bundle (the one cloud -> device contract) from trained checkpoints.
+
+A variant is ``BACKEND:PRECISION[@SOURCE]``: the backend's own quantizer applies the precision
+(:data:`server.compress.recipe.BACKEND_RECIPES`) to the fp32 weights of the source checkpoint
+(default: the main model; e.g. ``@student`` for a distilled student passed in ``sources``).
+The manifest records, per variant, its precision, the backend recipe and the source checkpoint
+(name, weights sha256, params, config, structural transforms).
 
 >>> from server.generative import GenerativeModel
 >>> gm = GenerativeModel.load("ckpt/")                                          # doctest: +SKIP
->>> export_bundle(gm, "bundle/", [("onnxruntime", "fp32"), ("onnxruntime", "int8")], archive=True)   # doctest: +SKIP
+>>> export_bundle(gm, "bundle/", parse_variants("onnxruntime:fp32,onnxruntime:int8@student"),
+...               sources={"student": GenerativeModel.load("student/")})         # doctest: +SKIP
 PosixPath('bundle')
+>>> parse_variants("onnxruntime:int8, torch:fp32@teacher")
+[VariantSpec(backend='onnxruntime', precision='int8', source=None), VariantSpec(backend='torch', precision='fp32', source='teacher')]
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 from edge_gr.bundle import BundleWriter, RuntimeSpec, write_archive
+from edge_gr.errors import InputError
 
+from ..compress.recipe import backend_recipe
+from ..compress.transforms import describe
 from ..generative import GenerativeModel
 from ..model import GenerativeRetriever
 
-__all__ = ["export_bundle", "EXPORTERS", "DEFAULT_VARIANTS", "parse_variants"]
+__all__ = ["export_bundle", "EXPORTERS", "DEFAULT_VARIANTS", "parse_variants", "VariantSpec", "source_record"]
+
+
+class VariantSpec(NamedTuple):
+    """One variant to export: ``backend``, ``precision`` and the ``source`` checkpoint's name (None = the main model)."""
+
+    backend: str
+    precision: str
+    source: str | None = None
 
 
 def _exporter(module: str, fn: str) -> Callable[[GenerativeRetriever, Path, str], dict[str, str]]:
@@ -38,23 +59,29 @@ EXPORTERS: dict[str, Callable] = {
     "executorch": _exporter("executorch", "export_executorch"),
     "litert": _exporter("litert", "export_litert"),
 }
-DEFAULT_VARIANTS: list[tuple[str, str]] = [("executorch", "fp32"), ("executorch", "int8"), ("executorch", "int4"),
-                                           ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("litert", "fp32"), ("litert", "int8"),
-                                           ("torch", "fp32")]
+DEFAULT_VARIANTS: list[VariantSpec] = [VariantSpec(b, p) for b, p in (
+    ("executorch", "fp32"), ("executorch", "int8"), ("executorch", "int4"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+    ("litert", "fp32"), ("litert", "int8"), ("torch", "fp32"))]
 
 
-def parse_variants(spec: str) -> list[tuple[str, str]]:
-    """``"onnxruntime:fp32,executorch:int8"`` -> ``[("onnxruntime", "fp32"), ("executorch", "int8")]``.
-
-    >>> parse_variants("onnxruntime:int8, torch:fp32")
-    [('onnxruntime', 'int8'), ('torch', 'fp32')]
-    """
+def parse_variants(spec: str) -> list[VariantSpec]:
+    """``"onnxruntime:fp32,executorch:int8@student"`` -> variant specs (checked against what each backend exports)."""
     out = []
     for part in spec.split(","):
-        b, _, p = part.strip().partition(":")
-        if b not in EXPORTERS or p not in ("fp32", "int8", "int4"):
-            raise ValueError(f"bad variant {part.strip()!r}: use BACKEND:PRECISION with BACKEND in {sorted(EXPORTERS)}, PRECISION fp32|int8|int4")
-        out.append((b, p))
+        part = part.strip()
+        if not part:
+            continue
+        head, _, source = part.partition("@")
+        b, _, p = head.partition(":")
+        if b not in EXPORTERS:
+            raise ValueError(f"bad variant {part!r}: use BACKEND:PRECISION[@SOURCE] with BACKEND in {sorted(EXPORTERS)}")
+        try:
+            backend_recipe(b, p)
+        except InputError as e:
+            raise ValueError(f"bad variant {part!r}: {e.message}") from None
+        out.append(VariantSpec(b, p, source or None))
+    if not out:
+        raise ValueError("no variant given: use BACKEND:PRECISION[@SOURCE],...")
     return out
 
 
@@ -62,19 +89,67 @@ def _catalogue_jsonl(gm: GenerativeModel) -> bytes:
     return "".join(json.dumps({"id": i.id, "title": i.text, "meta": i.meta}, ensure_ascii=False) + "\n" for i in gm.items).encode()
 
 
-def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Sequence[tuple[str, str]] = tuple(DEFAULT_VARIANTS), *,
-                  metrics: dict[str, dict] | None = None, model_version: str | None = None, archive: bool = False) -> Path:
-    """Export ``gm`` as each ``(backend, precision)`` variant and write the bundle folder atomically.
+def source_record(name: str, gm: GenerativeModel) -> dict:
+    """What the manifest says about a variant's source checkpoint (its fp32 weights' sha256 included)."""
+    h = hashlib.sha256()
+    for k, v in sorted(gm.model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    rec = {"name": name, "sha256": h.hexdigest(), "params": gm.model.n_params(), "config": gm.model.cfg.to_dict(),
+           "transforms": describe(gm.model)}
+    comp = (gm.meta or {}).get("compress")
+    if isinstance(comp, dict) and comp.get("kind"):
+        rec["compress"] = comp["kind"]
+    return rec
 
-    ``metrics`` maps variant name (``"onnxruntime-int8"``) to a metrics dict stored in the
-    manifest. With ``archive=True`` a single-file ``<out_dir>.tar`` is written too.
+
+def _check_compatible(main: GenerativeModel, name: str, other: GenerativeModel) -> None:
+    """A bundle has one set of IDs, one catalogue, one tokenizer and one input length for all its variants."""
+    a, b = main.model.cfg, other.model.cfg
+    same = (a.task == b.task and tuple(a.levels) == tuple(b.levels) and a.max_len == b.max_len and len(main.ids) == len(other.ids)
+            and (main.ids.codes == other.ids.codes).all() and [i.id for i in main.items] == [i.id for i in other.items]
+            and (main.tokenizer is None) == (other.tokenizer is None)
+            and (main.tokenizer is None or main.tokenizer.to_str() == other.tokenizer.to_str()))
+    if not same:
+        raise InputError(f"source {name!r} does not share the main model's task, IDs, catalogue, tokenizer and max_len",
+                         hint="export a student distilled from this teacher (edge-gr compress / edge-gr build), or a separate bundle")
+
+
+def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Sequence[VariantSpec | tuple] = tuple(DEFAULT_VARIANTS), *,
+                  sources: Mapping[str, GenerativeModel] | None = None, main_name: str = "model",
+                  metrics: dict[str, dict] | None = None, model_version: str | None = None, archive: bool = False) -> Path:
+    """Export each variant of ``gm`` (or of a named checkpoint in ``sources``) and write the bundle folder atomically.
+
+    ``variants``: :class:`VariantSpec` or ``(backend, precision[, source])`` tuples. A variant is
+    named ``BACKEND-PRECISION`` (``-SOURCE`` appended when two share backend and precision).
+    A source carrying a recipe (``recipe.json`` from ``edge-gr compress``) is exported at that precision
+    only. ``metrics`` maps variant name to a metrics dict stored in the manifest. With ``archive=True``
+    a single-file ``<out_dir>.tar`` is written too.
     """
+    specs = [VariantSpec(*v) for v in variants]
+    srcs = {main_name: gm, **dict(sources or {})}
+    for s in specs:
+        if (s.source or main_name) not in srcs:
+            raise InputError(f"variant {s.backend}:{s.precision}@{s.source}: no checkpoint named {s.source!r}",
+                             hint=f"known sources: {', '.join(srcs)}")
+        src = srcs[s.source or main_name]
+        if src.recipe is not None and src.recipe.precision != s.precision:
+            raise InputError(f"source {s.source or main_name!r} carries a {src.recipe.precision} recipe, not {s.precision}",
+                             hint=f"export it as {s.backend}:{src.recipe.precision}")
+        (src.recipe.for_backend(s.backend) if src.recipe is not None else backend_recipe(s.backend, s.precision))
+    for name, other in srcs.items():
+        if other is not gm:
+            _check_compatible(gm, name, other)
+    pairs = [(s.backend, s.precision) for s in specs]
+    names = [f"{s.backend}-{s.precision}" + (f"-{s.source or main_name}" if pairs.count((s.backend, s.precision)) > 1 else "") for s in specs]
+    if len(set(names)) != len(names):
+        raise InputError(f"variants {names} repeat", hint="list each BACKEND:PRECISION@SOURCE once")
     cfg = gm.model.cfg
-    model = gm.model.float().cpu().eval()
     spec = RuntimeSpec(task=cfg.task, levels=tuple(cfg.levels), max_len=cfg.max_len, d_model=cfg.d_model)
     version = model_version or gm.meta.get("version") or datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     id_scheme = {"levels": list(gm.ids.levels), "meta": gm.ids.meta, "stats": gm.ids.stats()}
-    meta = {"config": cfg.to_dict(), "params": model.n_params(), "exported": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    meta = {"config": cfg.to_dict(), "params": gm.model.n_params(), "exported": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    records = {n: source_record(n, g) for n, g in srcs.items() if any((s.source or main_name) == n for s in specs)}
     out = Path(out_dir)
     with BundleWriter(out, task=cfg.task, model_version=str(version), runtime=spec, id_scheme=id_scheme, meta=meta) as w:
         ids_path = w.root / "ids.json"
@@ -85,21 +160,23 @@ def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Seq
             w.add_file("tokenizer", "tokenizer.json", gm.tokenizer.to_str().encode())
         if gm.popularity:
             w.add_file("popularity", "popularity.json", json.dumps(gm.popularity).encode())
-        for backend, precision in variants:
-            name = f"{backend}-{precision}"
+        for s, name in zip(specs, names):
+            src_name = s.source or main_name
+            model = srcs[src_name].model.float().cpu().eval()
             rel = Path("variants") / name
-            files = EXPORTERS[backend](model, w.root / rel, precision)
+            files = EXPORTERS[s.backend](model, w.root / rel, s.precision)
             static = {}  # shape limits the runtime must respect (fixed, or upper bounds)
-            if backend == "litert":
+            if s.backend == "litert":
                 from .litert import STATIC_BATCH, STATIC_BEAM
 
                 static = {"batch": STATIC_BATCH, "beam": STATIC_BEAM}
-            elif backend == "executorch":
+            elif s.backend == "executorch":
                 from .executorch import MAX_BATCH, MAX_BEAM
 
                 static = {"max_batch": MAX_BATCH, "max_beam": MAX_BEAM}
-            w.add_variant(name, backend, precision, {role: (rel / f).as_posix() for role, f in files.items()},
-                          static=static, metrics=(metrics or {}).get(name, {}))
+            w.add_variant(name, s.backend, s.precision, {role: (rel / f).as_posix() for role, f in files.items()},
+                          static=static, metrics=(metrics or {}).get(name, {}), recipe=backend_recipe(s.backend, s.precision),
+                          source=records[src_name])
     if archive:
         write_archive(out, out.with_name(out.name + ".tar"))
     return out
