@@ -18,6 +18,7 @@ __all__ = [
     "InputError",
     "FormatError",
     "BundleError",
+    "UpdateError",
     "BackendUnavailableError",
     "QuantizationError",
 ]
@@ -46,6 +47,10 @@ class FormatError(EdgeGRError):
 
 class BundleError(FormatError):
     """A device bundle is incomplete, corrupted or of an unsupported version."""
+
+
+class UpdateError(BundleError):
+    """An update package cannot be installed (wrong base version, corrupted, inconsistent); the device keeps its model."""
 
 
 class BackendUnavailableError(EdgeGRError, ImportError):

@@ -1,43 +1,57 @@
-"""Device-side model updates: apply a delta in a staging folder, verify it, swap atomically, keep the previous version.
+"""Device-side model updates: every version on the device is a complete bundle; ``edge_gr.load`` is the only load path.
 
-The device keeps complete (``kind="full"``) versions in the :mod:`edge_gr.delta` format::
+::
 
     models/
-      current            "v1.1\\n"  (temp file + fsync + os.replace: always names a complete version)
-      v1.0/              the previous version, kept until a newer one has verified and been switched to
-      v1.1/              manifest.json + weights.safetensors + aux files
-      .staging/          where an update is rebuilt and checked (wiped on start)
+      current            "v1.1\\n"  (temp file + fsync + os.replace: always names a complete, verified bundle)
+      v1.0/              the previous bundle, kept until a newer one has verified and been switched to
+      v1.1/              a bundle (edge_gr.bundle: manifest.json + ids, catalogue, variants/...)
+      .staging/          where an update is materialised and checked (wiped on start)
 
-:meth:`ModelStore.install` takes an update package written by the registry
-(``server.registry.Registry.update_package``: ``update.json`` + one version folder per
-step, each a delta or a full version) and
+:meth:`BundleStore.install` takes an update package written by the registry
+(``server.registry.Registry.bundle_package``; ``update.json`` format ``edge-gr-update``
+version 2, kind ``bundle``)::
 
-1. checks the package is for the version the device has (``from``),
-2. checks every file's size and sha256, applies each step to the current weights and
-   checks every resulting tensor's sha256,
-3. writes the new full version into ``.staging/``, fsyncs it and renames it into place,
-4. switches ``current`` atomically,
-5. deletes versions older than the previous one.
+    update.json          {"from", "to", "manifest", "files", "steps", "rebuild", "tensors"}
+    manifest.json        the target bundle's manifest
+    delta/*.safetensors  tensor deltas (edge_gr.delta ops: LoRA factors, replaced tensors, appended rows)
+    files/<path>         the bundle files the device cannot get otherwise (changed graphs, IDs, int8 variants, ...)
 
-A crash (or a kill) at any point leaves ``current`` naming a complete, verified
-version: before step 4 the old one, after it the new one. :meth:`ModelStore.load`
-verifies the version it loads and, should it ever be damaged (e.g. flash corruption),
-falls back to the newest other version that verifies. Rolling back to a version the
-device still holds costs no download (:meth:`ModelStore.switch`).
+and materialises the target bundle in ``.staging/``, file by file of its manifest: a
+file the package ships is copied from it; a file the device already holds (same
+sha256, any kept version) is copied from there; a weight-bound file
+(:mod:`edge_gr.weightmap`: the ONNX fp32 ``weights.bin``) is rebuilt from the current
+bundle's tensors with the delta applied. Then
 
->>> import tempfile, numpy as np
+1. the result is checked by the bundle's own checks (every file's size and sha256,
+   :func:`edge_gr.bundle.load_manifest`) and, with ``smoke=True``, loaded and run once
+   with :func:`edge_gr.load`,
+2. fsynced and renamed into place, ``current`` switched atomically,
+3. versions older than the previous one are deleted.
+
+A crash (or a kill) at any point leaves ``current`` naming a complete, verified bundle:
+before the switch the old one, after it the new one. :meth:`BundleStore.path` verifies
+the bundle it returns and, should it ever be damaged (e.g. flash corruption), falls back
+to the newest other version that verifies. Rolling back to a version the device still
+holds costs no download (:meth:`BundleStore.switch`).
+
+>>> import tempfile, json, shutil
 >>> from pathlib import Path
->>> from edge_gr.delta import tensor_table, VersionManifest, write_tensors, MANIFEST, WEIGHTS, write_json_atomic
->>> pkg = Path(tempfile.mkdtemp())           # an update package, as Registry.update_package(None, "v1.0", ...) writes it
->>> st = {"w": np.ones((2, 2), np.float32)}
->>> (pkg / "v1.0").mkdir()
->>> f = write_tensors(pkg / "v1.0" / WEIGHTS, st)
->>> _ = write_json_atomic(pkg / "v1.0" / MANIFEST, VersionManifest("v1.0", "full", None, tensor_table(st), files={WEIGHTS: f}).to_dict())
->>> _ = write_json_atomic(pkg / "update.json", {"format": "edge-gr-update", "format_version": 1, "from": None, "to": "v1.0", "steps": ["v1.0"]})
->>> store = ModelStore(tempfile.mkdtemp())
+>>> from edge_gr.bundle import BundleWriter, RuntimeSpec
+>>> src = Path(tempfile.mkdtemp()) / "b"     # a (model-less) bundle, as the registry exports it
+>>> with BundleWriter(src, task="rec", model_version="v1.0", runtime=RuntimeSpec("rec", (4,), 8, 16)) as w:
+...     _ = w.add_file("popularity", "popularity.json", b'["a"]')
+>>> pkg = Path(tempfile.mkdtemp())           # a full package: Registry.bundle_package(None, "v1.0", ...)
+>>> _ = shutil.copytree(src, pkg / "files"); _ = shutil.move(pkg / "files" / "manifest.json", pkg / "manifest.json")
+>>> from edge_gr.delta import file_sha256, write_json_atomic
+>>> files = {"popularity.json": {"sha256": file_sha256(pkg / "files" / "popularity.json"), "size": 5}}
+>>> _ = write_json_atomic(pkg / "update.json", {"format": "edge-gr-update", "format_version": 2, "kind": "bundle", "from": None,
+...     "to": "v1.0", "manifest": {"sha256": file_sha256(pkg / "manifest.json"), "size": (pkg / "manifest.json").stat().st_size},
+...     "files": files, "steps": [], "rebuild": [], "tensors": {}})
+>>> store = BundleStore(tempfile.mkdtemp(), smoke=False)   # smoke=True also runs the model (this bundle has none)
 >>> r = store.install(pkg)
->>> (r.to_version, r.bytes > 0, store.current(), store.load().tensors["w"].sum())
-('v1.0', True, 'v1.0', np.float32(4.0))
+>>> (r.to_version, store.current(), store.path().name, (store.path() / "popularity.json").read_text())
+('v1.0', 'v1.0', 'v1.0', '["a"]')
 """
 
 from __future__ import annotations
@@ -47,34 +61,33 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
-import numpy as np
+from .bundle import MANIFEST, BundleManifest, load_manifest
+from .delta import apply_delta, file_sha256, list_versions, parse_version, read_tensors, tensor_sha256, write_text_atomic
+from .errors import BackendUnavailableError, BundleError, UpdateError
+from .weightmap import ROLE as WEIGHT_MAP, build_weights, read_map, recover_state
 
-from .delta import (MANIFEST, list_versions, write_text_atomic, WEIGHTS, DELTA, FileInfo, VersionManifest, apply_delta, file_sha256, parse_version, read_manifest,
-                    read_tensors, verify_files, verify_tensors, write_json_atomic, write_tensors)
-from .errors import BundleError
-
-__all__ = ["ModelStore", "LoadedModel", "UpdateReport", "UpdateError", "read_package"]
+__all__ = ["BundleStore", "Resolved", "UpdateReport", "UpdateError", "read_package", "STEPS", "PACKAGE_FORMAT", "PACKAGE_VERSION"]
 
 CURRENT = "current"
 STAGING = ".staging"
 PACKAGE = "update.json"
+PACKAGE_FORMAT = "edge-gr-update"
+PACKAGE_VERSION = 2
 STEPS = ("checked", "applied", "written", "switched", "cleaned")  # what ``on_step`` is called with, in order
+_AGAIN = "download the update again"
 
 
-class UpdateError(BundleError):
-    """An update package cannot be applied (wrong base version, corrupted, inconsistent); the device keeps its model."""
+@dataclass(frozen=True)
+class Resolved:
+    """The bundle :meth:`BundleStore.resolve` picked: its version, folder and (verified) manifest."""
 
-
-@dataclass
-class LoadedModel:
     version: str
-    tensors: dict[str, np.ndarray]
-    aux: dict[str, Path]          # aux file name -> path in the version folder
-    manifest: VersionManifest
-    fell_back: bool = False       # True when ``current`` was damaged and an older version was loaded
+    path: Path
+    manifest: BundleManifest
+    fell_back: bool = False       # True when ``current`` was damaged and an older version was picked
 
 
 @dataclass
@@ -83,11 +96,14 @@ class UpdateReport:
     to_version: str
     bytes: int                    # bytes of the package (what the device downloaded)
     seconds: float
+    shipped: int = 0              # files copied from the package
+    reused: int = 0               # files copied from bundles already on the device
+    rebuilt: int = 0              # weight files rebuilt from tensors + delta
+    switched_only: bool = False   # the target was already on the device: nothing built, only the pointer moved
     steps: list[str] = field(default_factory=list)
-    reused: bool = False          # the target was already on the device: no rebuild, only the pointer moved
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path, *, directory: bool = False) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -95,34 +111,66 @@ def _fsync_dir(path: Path) -> None:
     try:
         os.fsync(fd)
     except OSError:
-        pass
+        if not directory:
+            raise
     finally:
         os.close(fd)
 
 
+def _safe_rel(rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
+
+
 def read_package(folder: str | os.PathLike) -> dict:
-    """``update.json`` of a package: ``{"from", "to", "steps"}`` (checked)."""
+    """``update.json`` of a bundle update package (format and fields checked, files not yet)."""
     p = Path(folder) / PACKAGE
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
-        assert doc["format"] == "edge-gr-update" and doc["format_version"] == 1
-        steps = list(doc["steps"])
-        for v in steps + [doc["to"]] + ([doc["from"]] if doc["from"] else []):
-            parse_version(v)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AssertionError, BundleError) as e:
-        raise UpdateError(f"{p} is not a readable update package ({type(e).__name__}: {e})", hint="download the update again") from None
-    if not steps or steps[-1] != doc["to"]:
-        raise UpdateError(f"{p}: steps {steps} do not end at {doc['to']}", hint="download the update again")
+        assert doc.get("format") == PACKAGE_FORMAT, f"format {doc.get('format')!r}"
+        if doc.get("format_version") != PACKAGE_VERSION or doc.get("kind") != "bundle":
+            raise UpdateError(f"{p} is a {doc.get('kind', 'weights')} package of format version {doc.get('format_version')}; this "
+                              f"device installs bundle packages (version {PACKAGE_VERSION})",
+                              hint="ask the registry for a bundle package: `edge-gr registry package --from V --to V --out DIR`")
+        parse_version(doc["to"])
+        if doc["from"] is not None:
+            parse_version(doc["from"])
+        for rel in list(doc["files"]) + [s["file"] for s in doc["steps"]] + list(doc["rebuild"]):
+            assert _safe_rel(rel), f"bad path {rel!r}"
+        for s in doc["steps"]:
+            assert isinstance(s["ops"], dict) and isinstance(s["sha256"], str) and int(s["size"]) >= 0
+        assert isinstance(doc["tensors"], dict) and isinstance(doc["manifest"]["sha256"], str)
+    except UpdateError:
+        raise
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, AssertionError, BundleError) as e:
+        raise UpdateError(f"{p} is not a readable update package ({type(e).__name__}: {e})", hint=_AGAIN) from None
     return doc
 
 
-class ModelStore:
-    """The model versions on one device, under ``root``. ``keep`` complete versions are kept (current + previous)."""
+def _check_file(path: Path, sha256: str, size: int) -> None:
+    if not path.is_file():
+        raise UpdateError(f"the package lacks {path.name} ({path})", hint=_AGAIN)
+    if path.stat().st_size != size or file_sha256(path) != sha256:
+        raise UpdateError(f"{path} does not match its size / sha256 in {PACKAGE} (corrupted or truncated download)", hint=_AGAIN)
 
-    def __init__(self, root: str | os.PathLike, *, keep: int = 2):
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    _fsync(dst)
+
+
+class BundleStore:
+    """The model bundles on one device, under ``root``. ``keep`` complete versions are kept (current + previous).
+
+    ``smoke=True``: an installed bundle is also loaded and run once (:func:`edge_gr.load`) before ``current`` moves.
+    """
+
+    def __init__(self, root: str | os.PathLike, *, keep: int = 2, smoke: bool = True):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = max(2, keep)
+        self.smoke = smoke
         self.recover()
 
     # -- state ---------------------------------------------------------------------
@@ -134,47 +182,54 @@ class ModelStore:
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def versions(self) -> list[str]:
+        """Bundle folders on the device, oldest first (complete ones: only renamed into place after verifying)."""
         return list_versions(self.root)
 
     def current(self) -> str | None:
-        p = self.root / CURRENT
+        """The version ``current`` names (None before the first install)."""
         try:
-            v = p.read_text(encoding="utf-8").strip()
+            v = (self.root / CURRENT).read_text(encoding="utf-8").strip()
             parse_version(v)
             return v
         except (OSError, UnicodeDecodeError, BundleError):
             return None
 
-    def _check(self, version: str) -> tuple[VersionManifest, dict[str, np.ndarray]]:
+    def _check(self, version: str) -> BundleManifest:
         folder = self.root / version
-        m = read_manifest(folder)
-        if m.kind != "full" or m.version != version:
-            raise BundleError(f"{folder} holds {m.kind} {m.version}, not the full {version}", hint="install a full version")
-        verify_files(folder, m)
-        tensors = read_tensors(folder / WEIGHTS)
-        verify_tensors(tensors, m.tensors, f"{folder}")
-        return m, tensors
+        m = load_manifest(folder, verify=True)
+        if m.model_version != version:
+            raise BundleError(f"{folder} holds the bundle of {m.model_version}, not {version}", hint="install the version again")
+        return m
 
-    def load(self, version: str | None = None) -> LoadedModel:
-        """Verify and load ``version`` (default: the current one). If the current one is damaged, the newest
-        other version that verifies is loaded instead (``fell_back=True``); raises only if none does."""
+    def resolve(self, version: str | None = None) -> Resolved:
+        """Verify ``version`` (default: the current one) and return it. If the current one is damaged, the newest
+        other version that verifies is returned instead (``fell_back=True``); raises only if none does."""
         want = version or self.current()
         tried: list[str] = []
         order = ([want] if want else []) + ([v for v in reversed(self.versions()) if v != want] if version is None else [])
         for v in order:
             try:
-                m, tensors = self._check(v)
+                m = self._check(v)
             except BundleError as e:
                 tried.append(f"{v}: {e.message}")
                 continue
-            aux = {name: self.root / v / name for name in m.aux}
-            return LoadedModel(v, tensors, aux, m, fell_back=(v != want))
-        raise BundleError(f"no loadable model in {self.root} ({'; '.join(tried) or 'no version installed'})",
-                          hint="install a full version (Registry.update_package(None, VERSION, ...))")
+            return Resolved(v, self.root / v, m, fell_back=(v != want))
+        raise BundleError(f"no loadable bundle in {self.root} ({'; '.join(tried) or 'no version installed'})",
+                          hint="install a full package (Registry.bundle_package(None, VERSION, ...))")
+
+    def path(self, version: str | None = None) -> Path:
+        """Folder of the verified bundle of ``version`` (default: current, falling back as :meth:`resolve` does)."""
+        return self.resolve(version).path
+
+    def load(self, **kw):
+        """``edge_gr.load(self.path(), **kw)``: the one way to run the model on the device."""
+        from .runtime import load
+
+        return load(self.path(), **kw)
 
     def _set_current(self, version: str) -> None:
         write_text_atomic(self.root / CURRENT, version + "\n")
-        _fsync_dir(self.root)
+        _fsync(self.root, directory=True)
 
     def switch(self, version: str) -> None:
         """Point ``current`` at a version already on the device, after verifying it (no download)."""
@@ -188,91 +243,158 @@ class ModelStore:
 
     # -- updates -----------------------------------------------------------------
     def install(self, package: str | os.PathLike, *, on_step: Callable[[str], None] | None = None) -> UpdateReport:
-        """Apply an update package (see the module docstring); returns what it cost. On any error the
-        device keeps serving the version it had (:class:`UpdateError` says why)."""
+        """Install an update package (see the module docstring); returns what it cost. On any error the device
+        keeps serving the bundle it had (:class:`UpdateError` says why)."""
         t0 = time.perf_counter()
         pkg = Path(package)
         doc = read_package(pkg)
         size = sum(p.stat().st_size for p in pkg.rglob("*") if p.is_file())
         step = on_step or (lambda s: None)
-        cur = self.current()
-        to = doc["to"]
+        cur, to = self.current(), doc["to"]
         if to in self.versions():
             try:
                 self._check(to)
             except BundleError:
-                pass  # damaged leftover: rebuild it below
+                pass  # damaged leftover: build it again below
             else:
                 if to != cur:
                     self._set_current(to)
                 step("switched")
                 self._gc(cur)
                 step("cleaned")
-                return UpdateReport(cur, to, size, time.perf_counter() - t0, list(doc["steps"]), reused=True)
+                return UpdateReport(cur, to, size, time.perf_counter() - t0, switched_only=True, steps=["switched", "cleaned"])
         if doc["from"] is not None and doc["from"] != cur:
             raise UpdateError(f"the update goes from {doc['from']} to {to}, but this device has {cur}",
-                              hint=f"ask the registry for an update from {cur}")
+                              hint=f"ask the registry for a package from {cur} (or a full one: no --from)")
+        report = UpdateReport(cur, to, size, 0.0)
+        staging = self.root / STAGING / to
         try:
-            if doc["from"] is None:
-                state: dict[str, np.ndarray] = {}
-                aux_src: dict[str, Path] = {}
-            else:
-                base = self.load(cur)
-                if base.fell_back:
-                    raise UpdateError(f"the current version {cur} is damaged", hint="install a full version")
-                state, aux_src = base.tensors, dict(base.aux)
-            m = None
-            for v in doc["steps"]:
-                folder = pkg / v
-                m = read_manifest(folder)
-                if m.version != v:
-                    raise UpdateError(f"{folder} holds {m.version}", hint="download the update again")
-                verify_files(folder, m)
-                if m.kind == "full":
-                    state = read_tensors(folder / WEIGHTS)
-                else:
-                    state = apply_delta(state, read_tensors(folder / DELTA), m.ops)
-                verify_tensors(state, m.tensors, f"{to} (step {v})")
-                aux_src = {name: (folder / name if name in m.files else aux_src.get(name)) for name in m.aux}
-                for name, sha in m.aux.items():
-                    if aux_src[name] is None or (name not in m.files and file_sha256(aux_src[name]) != sha):
-                        raise UpdateError(f"{to} needs {name} (sha256 {sha[:12]}...), which neither the update nor {cur} has",
-                                          hint="ask the registry for a full version")
+            self._materialise(pkg, doc, staging, report, step)
         except UpdateError:
+            shutil.rmtree(self.root / STAGING, ignore_errors=True)
             raise
         except BundleError as e:
-            raise UpdateError(f"the update to {to} does not verify: {e.message}", hint="download the update again; "
-                              f"the device keeps {cur}") from None
-        step("checked")
-        staging = self.root / STAGING / to
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        files = {WEIGHTS: write_tensors(staging / WEIGHTS, state)}
-        for name, src in aux_src.items():
-            shutil.copyfile(src, staging / name)
-            files[name] = FileInfo(file_sha256(staging / name), (staging / name).stat().st_size)
-            if files[name].sha256 != m.aux[name]:
-                raise UpdateError(f"{name} changed while it was copied", hint="retry the update")
-        full = VersionManifest(version=to, kind="full", parent=None, tensors=m.tensors, files=files, aux=m.aux, config=m.config,
-                               metrics=m.metrics, created=m.created, note=m.note)
-        write_json_atomic(staging / MANIFEST, full.to_dict())
-        _fsync_dir(staging)
-        step("applied")
+            shutil.rmtree(self.root / STAGING, ignore_errors=True)
+            raise UpdateError(f"the update to {to} does not verify: {e.message}",
+                              hint=f"{_AGAIN}; the device keeps {cur}") from None
         dst = self.root / to
-        if dst.exists():  # a damaged copy (if it is the current one, it was not loadable anyway)
+        if dst.exists():  # a damaged copy (it did not verify above)
             trash = self.root / f".trash-{to}"
             shutil.rmtree(trash, ignore_errors=True)
             os.replace(dst, trash)
             shutil.rmtree(trash, ignore_errors=True)
         os.replace(staging, dst)
-        _fsync_dir(self.root)
+        _fsync(self.root, directory=True)
         shutil.rmtree(self.root / STAGING, ignore_errors=True)
         step("written")
         self._set_current(to)
         step("switched")
         self._gc(cur)
         step("cleaned")
-        return UpdateReport(cur, to, size, time.perf_counter() - t0, list(doc["steps"]))
+        report.seconds = time.perf_counter() - t0
+        report.steps = list(STEPS)
+        return report
+
+    def _materialise(self, pkg: Path, doc: dict, staging: Path, report: UpdateReport, step: Callable[[str], None]) -> None:
+        to, cur = doc["to"], doc["from"]
+        # 1. the package itself: every file it brings, then the target manifest
+        _check_file(pkg / MANIFEST, doc["manifest"]["sha256"], int(doc["manifest"]["size"]))
+        for rel, info in doc["files"].items():
+            _check_file(pkg / "files" / rel, info["sha256"], int(info["size"]))
+        for s in doc["steps"]:
+            _check_file(pkg / s["file"], s["sha256"], int(s["size"]))
+        try:
+            tm = BundleManifest.from_dict(json.loads((pkg / MANIFEST).read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UpdateError(f"{pkg / MANIFEST} is not JSON ({e})", hint=_AGAIN) from None
+        if tm.model_version != to:
+            raise UpdateError(f"the package's bundle is {tm.model_version}, its {PACKAGE} says {to}", hint=_AGAIN)
+        # 2. what the device holds: the current bundle (verified) first, then the other kept versions
+        base: Resolved | None = None
+        if cur is not None:
+            try:
+                base = self.resolve(cur)
+            except BundleError as e:
+                raise UpdateError(f"the current bundle {cur} is damaged ({e.message})",
+                                  hint="install a full package (no --from)") from None
+        local: dict[str, Path] = {}
+        for v in ([cur] if cur else []) + [v for v in reversed(self.versions()) if v != cur]:
+            try:
+                m = base.manifest if base is not None and v == cur else load_manifest(self.root / v, verify=False)
+            except BundleError:
+                continue
+            for f in m.all_files():
+                local.setdefault(f.sha256, self.root / v / f.path)
+        # 3. the tensors the weight files are rebuilt from: the current bundle's, with the delta applied
+        rebuild = set(doc["rebuild"])
+        state = {}
+        if rebuild:
+            if base is None:
+                raise UpdateError(f"the package rebuilds {sorted(rebuild)[:2]} from the device's tensors, but no bundle is installed",
+                                  hint="install a full package (no --from)")
+            for v in base.manifest.variants:
+                if WEIGHT_MAP in v.files:
+                    mrel = v.files[WEIGHT_MAP].path
+                    wm = read_map(base.path / mrel)
+                    state.update(recover_state(wm, base.path / PurePosixPath(mrel).parent / wm["file"]))
+            for s in doc["steps"]:
+                state = apply_delta(state, read_tensors(pkg / s["file"]), s["ops"])
+            for name, sha in doc["tensors"].items():
+                if name not in state:
+                    raise UpdateError(f"the update to {to} needs tensor {name!r}, which neither the package nor {cur} has",
+                                      hint="ask the registry for a full package (no --from)")
+                if tensor_sha256(state[name]) != sha:
+                    raise UpdateError(f"tensor {name!r} rebuilt from {cur} + the delta does not match its sha256 for {to}",
+                                      hint=f"{_AGAIN}, or install a full package")
+        step("checked")
+        # 4. the target bundle, file by file of its manifest
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        later = []
+        for f in tm.all_files():
+            if not _safe_rel(f.path):
+                raise UpdateError(f"the target manifest lists {f.path!r}, which is outside the bundle", hint=_AGAIN)
+            dst = staging / f.path
+            if f.path in doc["files"]:
+                _copy(pkg / "files" / f.path, dst)
+                report.shipped += 1
+            elif f.sha256 in local:
+                _copy(local[f.sha256], dst)
+                report.reused += 1
+            elif f.path in rebuild:
+                later.append(f)
+            else:
+                raise UpdateError(f"{to} needs {f.path} (sha256 {f.sha256[:12]}...), which neither the package nor this device has",
+                                  hint="ask the registry for a full package (no --from)")
+        for f in later:
+            wm = None
+            for v in tm.variants:
+                if WEIGHT_MAP in v.files:
+                    mrel = v.files[WEIGHT_MAP].path
+                    cand = read_map(staging / mrel)
+                    if (PurePosixPath(mrel).parent / cand["file"]).as_posix() == f.path:
+                        wm = cand
+            if wm is None:
+                raise UpdateError(f"the package rebuilds {f.path}, but no weight map of {to} describes it", hint=_AGAIN)
+            info = build_weights(wm, state, staging / f.path)
+            if info["sha256"] != f.sha256:
+                raise UpdateError(f"{f.path} rebuilt from {cur} + the delta does not match its sha256 in the manifest of {to}",
+                                  hint=f"{_AGAIN}, or install a full package")
+            report.rebuilt += 1
+        _copy(pkg / MANIFEST, staging / MANIFEST)
+        for d in sorted({p for p in staging.rglob("*") if p.is_dir()}, reverse=True) + [staging]:
+            _fsync(d, directory=True)
+        # 5. the bundle's own checks, then (optionally) one run
+        load_manifest(staging, verify=True)
+        if self.smoke:
+            from .runtime import load
+
+            try:
+                load(staging)
+            except BackendUnavailableError as e:
+                raise UpdateError(f"no variant of {to} can run on this device ({e.message})",
+                                  hint=e.hint or "install a runtime backend") from None
+        step("applied")
 
     def _gc(self, previous: str | None) -> None:
         """Keep the current version, ``previous`` (the rollback target) and the newest others up to ``keep``."""

@@ -56,6 +56,7 @@ class BuildSpec:
     device: str = "cpu"                          # torch device of the training stages
     teacher: str | None = None                   # an already trained teacher checkpoint (skips the teacher stage)
     student: bool = True                         # distil the preset's student
+    stop_after: str | None = None                # ids | teacher | student: train here (e.g. on a GPU host), export elsewhere
     work: str | None = None                      # stage artifacts (default: OUT.build next to OUT)
     min_overlap: float = 0.5                     # verify: a variant's top-10 overlap with eager below this fails
     verify_queries: int = 200
@@ -216,7 +217,9 @@ def _variants(spec: BuildSpec, p) -> tuple[tuple[str, str, str], ...]:
 
 
 def build(spec: BuildSpec) -> Path:
-    """Run every stage of ``spec`` (skipping the up-to-date ones); returns the bundle folder."""
+    """Run every stage of ``spec`` (skipping the up-to-date ones); returns the bundle folder, or the work
+    folder when ``spec.stop_after`` ends the run early (copy it next to the data elsewhere and run again:
+    the finished stages are skipped there)."""
     from edge_gr.delta import write_text_atomic
     from edge_gr.ids import SemanticIds
 
@@ -238,7 +241,7 @@ def build(spec: BuildSpec) -> Path:
 
     if spec.teacher:
         teacher = GenerativeModel.load(spec.teacher)
-        teacher_key = _hash("given", _data_fingerprint(spec.teacher))
+        teacher_key = _hash("given", _data_fingerprint(spec.teacher), data_key)  # the student trains on the data too
         st._say(f"teacher: given ({spec.teacher}), ids and teacher stages skipped")
     else:
         ids_path = work / "ids.json"
@@ -251,6 +254,8 @@ def build(spec: BuildSpec) -> Path:
 
         st.run("ids", ids_key, make_ids, ids_path.is_file)
         ids = SemanticIds.load(ids_path)
+        if spec.stop_after == "ids":
+            return work
 
         teacher_dir = work / "teacher"
         teacher_key = _hash(ids_key, asdict(p.model), {k: v for k, v in asdict(p.train).items() if k not in ("progress", "device")},
@@ -268,6 +273,8 @@ def build(spec: BuildSpec) -> Path:
 
         st.run("teacher", teacher_key, make_teacher, lambda: (teacher_dir / "edge_gr_model.json").is_file())
         teacher = GenerativeModel.load(teacher_dir)
+    if spec.stop_after == "teacher":
+        return work
     sources = {"teacher": teacher}
 
     stage_key = teacher_key
@@ -289,6 +296,8 @@ def build(spec: BuildSpec) -> Path:
 
         st.run("student", stage_key, make_student, lambda: (student_dir / "edge_gr_model.json").is_file())
         sources["student"] = GenerativeModel.load(student_dir)
+    if spec.stop_after == "student":
+        return work
 
     export_key = _hash(stage_key, [list(v) for v in variants])
     verify_path = work / "verify.json"
@@ -315,9 +324,12 @@ def add_parser(sub) -> None:
                     "(default onnxruntime:fp32@teacher,onnxruntime:int8@student)")
     sp.add_argument("--teacher", default=None, help="an already trained teacher checkpoint (skips the ids and teacher stages)")
     sp.add_argument("--no-student", action="store_true", help="export the teacher only (no distillation stage)")
+    sp.add_argument("--stop-after", choices=["ids", "teacher", "student"], default=None,
+                    help="stop after this stage (train on a GPU host, then run again with the same --work where the exporters are)")
     sp.add_argument("--device", default=None, help="torch device for training (default: cuda if available, else cpu)")
     sp.add_argument("--work", default=None, help="folder for stage artifacts (default OUT.build)")
     sp.add_argument("--min-overlap", type=float, default=0.5, help="fail if a variant's top-10 overlap with the eager model is lower")
+    sp.add_argument("--verify-queries", type=int, default=200, help="validation queries (users) each variant is checked on")
     sp.set_defaults(fn=_cmd_build)
 
 
@@ -333,8 +345,12 @@ def _cmd_build(args) -> None:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     spec = BuildSpec(task=args.task, data=args.data, out=args.out, preset=args.preset, variants=variants, device=args.device,
-                     work=args.work, min_overlap=args.min_overlap, teacher=args.teacher, student=not args.no_student)
+                     work=args.work, min_overlap=args.min_overlap, teacher=args.teacher, student=not args.no_student,
+                     stop_after=args.stop_after, verify_queries=args.verify_queries)
     out = build(spec)
+    if args.stop_after:
+        print(f"stopped after {args.stop_after}; stage artifacts in {out}")
+        return
     rep = json.loads((Path(spec.work or out.with_name(out.name + ".build")) / "verify.json").read_text())
     for name, v in rep["variants"].items():
         ratio = v["recall@10_ratio_to_teacher"]

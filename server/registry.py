@@ -9,6 +9,11 @@ Layout (every version folder is the format of :mod:`edge_gr.delta`)::
       v1.1/                kind "delta": manifest.json + delta.safetensors (changed tensors only:
                            replaced, LoRA factors, appended rows) + the aux files that changed
       v2.0/                a later full version (e.g. a full retrain)
+      bundles/v1.1/<variants>/  the device bundle exported from v1.1 (Registry.bundle; a cache, re-exported if lost)
+
+Devices get bundles, never these folders: :meth:`Registry.bundle_package` writes what a
+device holding the bundle of one version downloads to get the bundle of another (the
+target manifest, a small tensor delta, and only the files it cannot rebuild from tensors).
 
 A version is written into a hidden temp folder and renamed into place, so a crash never
 leaves half a version; nothing is ever modified after that. Reading a version checks
@@ -42,20 +47,25 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
-from typing import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from edge_gr.delta import (DELTA, list_versions, write_text_atomic, MANIFEST, WEIGHTS, FileInfo, VersionManifest, apply_delta, file_sha256, make_delta,
-                           parse_version, read_manifest, read_tensors, tensor_table, verify_files, verify_tensors,
-                           write_json_atomic, write_tensors)
+from edge_gr.bundle import MANIFEST as BUNDLE_MANIFEST
+from edge_gr.bundle import load_manifest
+from edge_gr.delta import (DELTA, MANIFEST, SEP, WEIGHTS, FileInfo, VersionManifest, apply_delta, file_sha256, list_versions, make_delta,
+                           parse_version, read_manifest, read_tensors, tensor_table, verify_files, verify_tensors, write_json_atomic,
+                           write_tensors, write_text_atomic)
 from edge_gr.errors import BundleError
 
-__all__ = ["Registry", "RegistryError", "CHECKPOINT_WEIGHTS", "state_from_torch", "lora_ratio"]
+__all__ = ["Registry", "RegistryError", "CHECKPOINT_WEIGHTS", "DEFAULT_BUNDLE_VARIANTS", "state_from_torch", "lora_ratio"]
 
 CURRENT = "current"
 HISTORY = "history.jsonl"
+BUNDLES = "bundles"                # exported device bundles per version (cache: rebuilt by Registry.bundle if missing)
+WEIGHT_MAP_ROLE = "weight_map"     # edge_gr.weightmap.ROLE
+DEFAULT_BUNDLE_VARIANTS: tuple[tuple[str, str], ...] = (("onnxruntime", "fp32"),)
 CHECKPOINT_WEIGHTS = "model.safetensors"  # the weights file of a server.generative checkpoint folder
 
 
@@ -374,56 +384,149 @@ class Registry:
                     trash = self.root / f".gc-{v}"
                     os.replace(self.path(v), trash)  # out of sight atomically, then delete
                     shutil.rmtree(trash)
+                    shutil.rmtree(self.root / BUNDLES / v, ignore_errors=True)
                     self._verified.discard(v)
             return doomed
 
     # -- shipping to devices ------------------------------------------------------------
-    def update_package(self, from_version: str | None, to_version: str, out: str | os.PathLike) -> tuple[Path, int]:
-        """Write what a device at ``from_version`` needs to reach ``to_version``; returns (folder, bytes).
+    def bundle(self, version: str, variants: Sequence[tuple[str, str]] = DEFAULT_BUNDLE_VARIANTS) -> Path:
+        """The device bundle of ``version`` (``model_version`` = the version name), exported once and kept
+        under ``bundles/<version>/<variants>/`` so every package is computed against the very bytes devices got.
 
-        * ``from_version`` an ancestor of ``to_version``: the chain of deltas in between, as published.
-        * ``None``: one full version (the rebuilt weights + every aux file).
-        * otherwise (e.g. back to an older version): one delta computed between the two models.
-
-        Layout: ``out/update.json`` ({"from", "to", "steps"}) + one version folder per step.
+        Exporting needs torch: :meth:`materialize`, ``GenerativeModel.load``, ``export_bundle``.
         """
+        parse_version(version)
+        self.manifest(version)
+        key = "+".join(f"{b}-{p}" for b, p in variants)
+        out = self.root / BUNDLES / version / key
+        if (out / BUNDLE_MANIFEST).is_file():
+            try:
+                load_manifest(out, verify=True)
+                return out
+            except BundleError:
+                pass  # damaged cache: export again below
+        from .export.bundle import export_bundle
+        from .generative import GenerativeModel
+
+        with tempfile.TemporaryDirectory(dir=self.root, prefix=f".tmp-bundle-{version}-") as td:
+            gm = GenerativeModel.load(self.materialize(version, Path(td) / "ckpt"))
+            export_bundle(gm, out, list(variants), model_version=version, metrics={})
+        return out
+
+    def bundle_package(self, from_version: str | None, to_version: str, out: str | os.PathLike, *,
+                       variants: Sequence[tuple[str, str]] = DEFAULT_BUNDLE_VARIANTS) -> tuple[Path, int]:
+        """Write what a device holding the bundle of ``from_version`` (None: nothing) downloads to get the bundle of
+        ``to_version``; returns (folder, bytes). ``edge_gr.update.BundleStore.install`` reads it.
+
+        Layout (``update.json`` format ``edge-gr-update`` version 2, kind ``bundle``)::
+
+            out/update.json       from, to, shipped files, delta steps, the tensors the device rebuilds weights from
+            out/manifest.json     the target bundle's manifest (every file's sha256: the device checks against it)
+            out/delta/*.safetensors  tensor deltas (edge_gr.delta ops: LoRA factors, replaced tensors, appended rows)
+            out/files/<path>      bundle files the device neither has nor can rebuild (graphs whose shapes
+                                  changed, IDs / catalogue, self-contained variants such as ORT int8)
+
+        A weight-bound variant file (``edge_gr.weightmap``) is rebuilt on the device from the tensors it
+        holds plus the delta. The delta is the registry's own chain of deltas (``from`` an ancestor of ``to``)
+        limited to the tensors the target's weight files need, else one computed with ``make_delta``
+        between the two models (e.g. a rollback to an older version).
+        """
+        from edge_gr.weightmap import needed_tensors, read_map, recoverable_tensors
+
         if from_version == to_version:
             raise RegistryError(f"a device at {to_version} needs no update to {to_version}", hint="pick another --to or --from")
+        target = self.bundle(to_version, variants)
+        tm = load_manifest(target, verify=True)
+        have: set[str] = set()
+        known: set[str] = set()
+        base = None
+        if from_version is not None:
+            base = self.bundle(from_version, variants)
+            bm = load_manifest(base, verify=True)
+            have = {f.sha256 for f in bm.all_files()}
+            for v in bm.variants:
+                if WEIGHT_MAP_ROLE in v.files:
+                    known |= recoverable_tensors(read_map(base / v.files[WEIGHT_MAP_ROLE].path))
+        rebuild: dict[str, set[str]] = {}  # weights file -> tensors it needs
+        if base is not None:
+            for v in tm.variants:
+                if WEIGHT_MAP_ROLE in v.files:
+                    mrel = v.files[WEIGHT_MAP_ROLE].path
+                    wm = read_map(target / mrel)
+                    wrel = (PurePosixPath(mrel).parent / wm["file"]).as_posix()
+                    entry = next((f for f in v.files.values() if f.path == wrel), None)
+                    if entry is not None and entry.sha256 not in have:
+                        rebuild[wrel] = needed_tensors(wm)
+        needed = set().union(*rebuild.values()) if rebuild else set()
+        steps = self._package_steps(from_version, to_version, known, needed) if needed else []
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        chain = self.chain(to_version)
-        steps: list[str] = []
-        if from_version is not None and from_version in chain:
-            for v in chain[chain.index(from_version) + 1:]:
-                self.manifest(v, verify=True)
-                shutil.copytree(self.path(v), out / v, dirs_exist_ok=True)
-                steps.append(v)
-        else:
-            state, aux = self.rebuild(to_version)
-            target = self.manifest(to_version)
-            step = out / to_version
-            step.mkdir(parents=True, exist_ok=True)
-            files: dict[str, FileInfo] = {}
-            if from_version is None:
-                files[WEIGHTS] = write_tensors(step / WEIGHTS, state)
-                ops, parent, kind, have = {}, None, "full", {}
-            else:
-                old, _ = self.rebuild(from_version)
-                tensors, ops = make_delta(old, state)
-                files[DELTA] = write_tensors(step / DELTA, tensors)
-                parent, kind, have = from_version, "delta", self.manifest(from_version).aux
-            for name, p in aux.items():
-                if have.get(name) != target.aux[name]:
-                    shutil.copyfile(p, step / name)
-                    files[name] = FileInfo(file_sha256(p), p.stat().st_size)
-            m = VersionManifest(version=to_version, kind=kind, parent=parent, tensors=target.tensors, ops=ops, files=files,
-                                aux=target.aux, config=target.config, metrics=target.metrics, created=target.created, note=target.note)
-            write_json_atomic(step / MANIFEST, m.to_dict())
-            steps.append(to_version)
-        write_json_atomic(out / "update.json", {"format": "edge-gr-update", "format_version": 1, "from": from_version,
-                                                "to": to_version, "steps": steps})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+        try:
+            shipped: dict[str, dict] = {}
+            for f in tm.all_files():
+                if f.sha256 in have or f.path in rebuild or f.path in shipped:
+                    continue
+                dst = tmp / "files" / f.path
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(target / f.path, dst)
+                shipped[f.path] = {"sha256": f.sha256, "size": f.size}
+            doc_steps = []
+            for i, (v, tensors, ops) in enumerate(steps):
+                (tmp / "delta").mkdir(exist_ok=True)
+                name = f"delta/{i:02d}-{v}.safetensors"
+                info = write_tensors(tmp / name, tensors)
+                doc_steps.append({"version": v, "file": name, "sha256": info.sha256, "size": info.size, "ops": ops})
+            shutil.copyfile(target / BUNDLE_MANIFEST, tmp / "manifest.json")
+            want = self.manifest(to_version).tensors
+            doc = {"format": "edge-gr-update", "format_version": 2, "kind": "bundle", "from": from_version, "to": to_version,
+                   "manifest": {"sha256": file_sha256(tmp / "manifest.json"), "size": (tmp / "manifest.json").stat().st_size},
+                   "files": shipped, "steps": doc_steps, "rebuild": sorted(rebuild),
+                   "tensors": {k: want[k].sha256 for k in sorted(needed)}}
+            write_json_atomic(tmp / "update.json", doc)
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())  # everything a device downloads, manifests included
         return out, size
+
+    def _package_steps(self, from_version: str, to_version: str, known: set[str], needed: set[str]) -> list[tuple[str, dict, dict]]:
+        """Delta steps ``(version, tensors, ops)`` that take a device holding tensors ``known`` of ``from_version``
+        to tensors ``needed`` of ``to_version``: the published chain when it can, else one computed delta."""
+        chain = self.chain(to_version)
+        if from_version in chain:
+            have, steps = set(known), []
+            for v in chain[chain.index(from_version) + 1:]:
+                m = self.manifest(v, verify=True)
+                stored = read_tensors(self.path(v) / DELTA) if m.ops else {}
+                tensors, ops = {}, {}
+                for name, spec in m.ops.items():
+                    op = spec.get("op")
+                    if op == "replace" and name in needed:
+                        tensors[name], ops[name] = stored[name], spec
+                        have.add(name)
+                    elif op in ("lora", "append_rows") and name in needed and name in have:
+                        keys = [name + SEP + "lora_A", name + SEP + "lora_B"] if op == "lora" else [name + SEP + "rows"]
+                        tensors.update({k: stored[k] for k in keys})
+                        ops[name] = spec
+                    else:  # removed, not needed, or its base is not on the device: the device's copy is stale
+                        have.discard(name)
+                if ops:
+                    steps.append((v, tensors, ops))
+            if needed <= have:
+                return steps
+        old, _ = self.rebuild(from_version)
+        new, _ = self.rebuild(to_version)
+        missing = needed - set(new)
+        if missing:
+            raise RegistryError(f"the bundle of {to_version} needs tensors {sorted(missing)[:3]} that version {to_version} lacks",
+                                hint="export the bundle again from this registry version")
+        tensors, ops = make_delta({k: old[k] for k in known if k in old}, {k: new[k] for k in needed})
+        ops = {k: o for k, o in ops.items() if o["op"] != "remove"}
+        return [(to_version, tensors, ops)] if ops else []
 
 
 def _bytes_sha256(data: bytes) -> str:

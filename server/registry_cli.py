@@ -6,7 +6,8 @@
     edge-gr registry rollback    --registry REG [VERSION]          # default: the version current pointed at before
     edge-gr registry gc          --registry REG [--keep 3] [--dry-run]
     edge-gr registry materialize --registry REG VERSION --out CKPT  # rebuilt, hash-checked checkpoint folder (then `edge-gr export`)
-    edge-gr registry package     --registry REG --to V [--from V] --out DIR   # what a device at --from downloads
+    edge-gr registry package     --registry REG --to V [--from V] --out DIR [--variants onnxruntime:fp32,onnxruntime:int8]
+                                 # the bundle update a device holding the bundle of --from downloads (edge_gr.update.BundleStore.install)
 
 ``edge-gr rollout simulate`` lives in ``device_sim.rollout_sim`` (``add_parser``): the
 simulation sits on top of ``server`` and must not be imported by it.
@@ -73,8 +74,17 @@ def cmd_materialize(args) -> None:
 
 
 def cmd_package(args) -> None:
-    out, size = _reg(args).update_package(args.from_version, args.to, args.out)
-    print(f"wrote {out}: {size:,} bytes for a device at {args.from_version or 'nothing'} -> {args.to}")
+    from .registry import DEFAULT_BUNDLE_VARIANTS
+
+    variants = DEFAULT_BUNDLE_VARIANTS
+    if args.variants:
+        from .export.bundle import parse_variants
+
+        variants = tuple(parse_variants(args.variants))
+    out, size = _reg(args).bundle_package(args.from_version, args.to, args.out, variants=variants)
+    doc = json.loads((out / "update.json").read_text())
+    print(f"wrote {out}: {size:,} bytes for a device at {args.from_version or 'nothing'} -> {args.to} "
+          f"({len(doc['files'])} files shipped, {len(doc['rebuild'])} rebuilt on the device, {len(doc['steps'])} delta steps)")
 
 
 def add_parser(sub) -> None:
@@ -108,7 +118,9 @@ def add_parser(sub) -> None:
     p = cmd("materialize", cmd_materialize, "write a version's rebuilt checkpoint folder (base + deltas, hash-checked)")
     p.add_argument("version")
     p.add_argument("--out", required=True)
-    p = cmd("package", cmd_package, "write the update a device at --from needs to reach --to (deltas, or one full version)")
+    p = cmd("package", cmd_package, "write the bundle update a device at --from needs to reach --to (a tensor delta + changed "
+                                    "files; without --from the whole bundle)")
     p.add_argument("--to", required=True)
     p.add_argument("--from", dest="from_version", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--variants", default=None, help="bundle variants BACKEND:PRECISION,... (default: onnxruntime:fp32)")

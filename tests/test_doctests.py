@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["edge_gr", "edge_gr.delta", "edge_gr.update", "server.registry", "server.incremental_ids", "server.rollout", "server.incremental", "device_sim.rollout_sim", "edge_gr.errors", "edge_gr.bundle", "edge_gr.text", "edge_gr.backends", "server.export.modules", "server.export.bundle", "edge_gr.ids", "edge_gr.decode", "server.metrics", "server.data.base", "server.data.jsonl",
+MODULES = ["edge_gr", "edge_gr.delta", "edge_gr.update", "edge_gr.weightmap", "server.registry", "server.incremental_ids", "server.rollout", "server.incremental", "device_sim.rollout_sim", "edge_gr.errors", "edge_gr.bundle", "edge_gr.text", "edge_gr.backends", "server.export.modules", "server.export.bundle", "edge_gr.ids", "edge_gr.decode", "server.metrics", "server.data.base", "server.data.jsonl",
            "server.text", "server.model", "server.semantic_ids", "server.evaluate", "server.train", "server.peers.popularity",
            "server.compress", "server.compress.quantize", "server.compress.distill", "server.compress.grouped", "server.compress.prune",
            "server.compress._util", "device_sim.fl.records", "device_sim.fl.adapters", "device_sim.fl.local",

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from edge_gr.delta import DELTA, WEIGHTS, merge_lora, read_manifest, tensor_sha256
+from edge_gr.delta import DELTA, merge_lora, tensor_sha256
 from edge_gr.errors import BundleError
 from server.registry import Registry, RegistryError
 
@@ -155,17 +155,22 @@ def test_checkpoint_publish_and_materialize_roundtrip(tmp_path):
     assert back.search(["1", "2"], k=3) == gm.search(["1", "2"], k=3)
 
 
-def test_update_package_chain_full_and_cross(reg, tmp_path):
+def test_package_steps_reuse_the_chain_and_fall_back_to_a_computed_delta(reg):
+    """What a bundle package carries as tensor delta (bundle_package itself runs end to end in tests/test_update.py)."""
     s = _state()
-    s["l1.bias"][0] = 3
-    reg.publish(s, aux={"ids.json": b'{"n": 51}'})
-    out, size = reg.update_package("v1.0", "v1.1", tmp_path / "u1")
-    assert json.loads((out / "update.json").read_text())["steps"] == ["v1.1"] and size > 0
-    full, full_size = reg.update_package(None, "v1.1", tmp_path / "u2")
-    assert read_manifest(full / "v1.1").kind == "full" and (full / "v1.1" / WEIGHTS).is_file() and full_size > size
-    back, _ = reg.update_package("v1.1", "v1.0", tmp_path / "u3")
-    m = read_manifest(back / "v1.0")
-    assert (m.kind, m.parent, m.ops) == ("delta", "v1.1", {"l1.bias": {"op": "replace"}}) and "ids.json" in m.files
+    A, B = np.ones((2, 16), np.float32), np.ones((16, 2), np.float32)
+    reg.publish(s, lora={"l1.weight": (A, B, 0.5)})                                  # v1.1: LoRA
+    s2, _ = reg.rebuild("v1.1")
+    reg.publish(dict(s2, emb=np.concatenate([s2["emb"], s2["emb"][:3]])), parent="v1.1")  # v1.2: 3 appended rows
+    known = needed = {"l1.weight", "emb", "l1.bias"}
+    steps = reg._package_steps("v1.0", "v1.2", known, needed)                         # the published chain, as is
+    assert [(v, sorted(o)) for v, _, o in steps] == [("v1.1", ["l1.weight"]), ("v1.2", ["emb"])]
+    assert sorted(steps[0][1]) == ["l1.weight::lora_A", "l1.weight::lora_B"] and steps[1][2]["emb"]["op"] == "append_rows"
+    # the device cannot read l1.weight back (not stored whole): the LoRA step cannot be applied -> one computed delta
+    (v, tensors, ops), = reg._package_steps("v1.0", "v1.2", {"emb"}, needed)
+    assert v == "v1.2" and ops == {"emb": {"op": "append_rows"}, "l1.weight": {"op": "replace"}, "l1.bias": {"op": "replace"}}
+    back = reg._package_steps("v1.2", "v1.0", known, needed)                          # not an ancestor: computed
+    assert sorted(back[0][2]) == ["emb", "l1.weight"]
 
 
 def test_missing_registry_and_bad_names_say_what_to_do(tmp_path):

@@ -61,7 +61,9 @@ def test_publish_list_diff_rollback_gc_materialize_package(setup, capsys):
     _run("registry", "materialize", "--registry", reg, "v1.1", "--out", tmp / "m")
     assert torch.equal(GenerativeModel.load(tmp / "m").model.head.bias, gm.model.head.bias)
     _run("registry", "package", "--registry", reg, "--from", "v1.0", "--to", "v1.1", "--out", tmp / "pkg")
-    assert (tmp / "pkg" / "v1.1" / "delta.safetensors").is_file()
+    doc = json.loads((tmp / "pkg" / "update.json").read_text())
+    assert (doc["kind"], doc["from"], doc["to"], doc["files"]) == ("bundle", "v1.0", "v1.1", {})  # weights rebuilt on the device
+    assert [list(s["ops"]) for s in doc["steps"]] == [["head.bias"]] and "1 rebuilt on the device" in capsys.readouterr().out
     _run("registry", "gc", "--registry", reg, "--keep", "1", "--dry-run")
     assert "would remove: nothing" in capsys.readouterr().out  # v1.1 needs v1.0; v1.0 is current
     _run("registry", "list", "--registry", reg)
