@@ -8,13 +8,18 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 OMP_NUM_
 G=.cache/gpu_build
 SCRATCH=${EDGE_GR_GPU_SCRATCH:-${TMPDIR:-/tmp}/edge_gr_gpu}; mkdir -p $SCRATCH/logs
 build() {  # task data teacher name
-  python3 -m server.cli build --task $1 --data $G/$2 --teacher $G/$3 --preset full --device cuda \
+  python3 -m server.cli build --task $1 --data $G/$2 --checkpoint $G/$3 --preset full --device cuda \
     --out $SCRATCH/$4 --work $SCRATCH/$4.build --stop-after student > $SCRATCH/logs/$4.log 2>&1
 }
-build retrieval bible retrieval-teacher bible & B=$!
-build rec ml-1m rec-teacher ml-1m
-wait $B
+# TASKS="retrieval rec" (default both, side by side on the one GPU)
+for t in ${TASKS:-retrieval rec}; do
+  case $t in
+    retrieval) build retrieval bible retrieval-teacher bible & ;;
+    rec) build rec ml-1m rec-teacher ml-1m & ;;
+  esac
+done
+wait
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv > $SCRATCH/logs/gpu.txt
-(cd $SCRATCH && tar -czf - bible.build ml-1m.build | split -b 15M - $OUT/students.part.)
+(cd $SCRATCH && tar -czf - *.build | split -b 15M - $OUT/students.part.)
 tar -czf $OUT/logs.tar.gz -C $SCRATCH logs
 grep -h "epoch\|done\|Error\|error" $SCRATCH/logs/*.log | tail -n 30

@@ -164,7 +164,7 @@ def add_parser(sub) -> None:
     p.add_argument("--registry", required=True)
     p.add_argument("--candidate", required=True, help="version to roll out")
     p.add_argument("--baseline", default=None, help="version the control keeps (default: current)")
-    p.add_argument("--dataset", default="ml-100k", help="ml-100k | ml-1m | folder with items.jsonl + interactions.jsonl (one device per user)")
+    p.add_argument("--data", "--dataset", dest="dataset", default="ml-100k", help="ml-100k | ml-1m | folder with items.jsonl + interactions.jsonl (one device per user)")
     p.add_argument("--max-users", type=int, default=None)
     p.add_argument("--requests", type=int, default=3, help="requests per device per stage")
     p.add_argument("--beam", type=int, default=20)

@@ -12,8 +12,9 @@ Imports neither ``server`` nor ``device_sim``, and nothing here needs torch.
 from .decode import beam_search
 from .errors import BackendUnavailableError, BundleError, DataError, EdgeGRError, FormatError, InputError, QuantizationError
 from .ids import SemanticIds, Trie
-from .runtime import Hit, Retriever, load
+from .runtime import Retriever, load
+from .search import Hit, Searcher
 
-__all__ = ["load", "Retriever", "Hit", "SemanticIds", "Trie", "beam_search", "EdgeGRError", "DataError", "InputError", "FormatError",
+__all__ = ["load", "Retriever", "Hit", "Searcher", "SemanticIds", "Trie", "beam_search", "EdgeGRError", "DataError", "InputError", "FormatError",
            "BundleError", "BackendUnavailableError", "QuantizationError"]
 __version__ = "0.1.0"

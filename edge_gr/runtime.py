@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -29,18 +28,10 @@ from .bundle import BundleManifest, Variant, open_bundle
 from .decode import beam_search
 from .errors import BackendUnavailableError, BundleError, InputError
 from .ids import SemanticIds
+from .search import DEFAULT_BEAM, Hit
 from .text import check_query, encode
 
 __all__ = ["load", "Retriever", "Hit"]
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One result: catalogue id, summed log-probability (``nan`` for the popularity fallback), title."""
-
-    item_id: str
-    score: float
-    title: str
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -140,29 +131,37 @@ class Retriever:
             self._model = new
 
     # -- search ----------------------------------------------------------------
-    def search(self, query: str | Sequence[str], k: int = 10, *, beam: int = 20) -> list[Hit]:
-        """Top-``k`` hits for one query (text for retrieval bundles, a history of item ids for rec bundles)."""
-        return self.search_many([query], k, beam=beam)[0]
+    def search(self, query: str | Sequence[str], k: int = 10, *, beam: int | None = None, exclude_seen: bool = False) -> list[Hit]:
+        """Top-``k`` hits for one query (text for retrieval bundles, a history of item ids for rec bundles).
 
-    def search_many(self, queries: Sequence[str | Sequence[str]], k: int = 10, *, beam: int = 20) -> list[list[Hit]]:
+        The :class:`~edge_gr.search.Searcher` protocol, shared with the cloud model."""
+        return self.search_many([query], k, beam=beam, exclude_seen=exclude_seen)[0]
+
+    def search_many(self, queries: Sequence[str | Sequence[str]], k: int = 10, *, beam: int | None = None,
+                    exclude_seen: bool = False) -> list[list[Hit]]:
         """Batched :meth:`search` (one encoder call and one decoder call per level for all queries)."""
         if isinstance(queries, (str, bytes)):
             raise InputError("search_many takes a list of queries", hint="use search(query) for one query")
+        beam = DEFAULT_BEAM if beam is None else beam
         if not isinstance(k, int) or k < 1 or not isinstance(beam, int) or beam < 1:
             raise InputError(f"k and beam must be positive integers, got k={k!r}, beam={beam!r}", hint="e.g. k=10, beam=20")
+        exclude = exclude_seen and self.task == "rec"
         k = min(k, len(self.ids))
-        beam = max(beam, k)
+        want = min(max(beam, k), len(self.ids)) if exclude else k  # seen items are dropped from the top `beam`
+        beam = max(beam, want)
         src = self._rec_src(queries) if self.task == "rec" else self._text_src(queries)
         live = np.flatnonzero((src != 0).any(1))
         out: list[list[Hit]] = [[] for _ in queries]
         if len(live):
             with self._lock:
                 model = self._model
-            items, scores = self._decode(model, src[live], k, beam)
+            items, scores = self._decode(model, src[live], want, beam)
             for r, ir, sr in zip(live, items, scores):
-                out[r] = [self._hit(self.ids.items[i], float(s)) for i, s in zip(ir, sr) if i >= 0]
+                seen = set(queries[r]) if exclude else ()
+                out[r] = [self._hit(self.ids.items[i], float(s)) for i, s in zip(ir, sr) if i >= 0 and self.ids.items[i] not in seen][:k]
         for r in np.flatnonzero(~(src != 0).any(1)):  # rec: no known item -> popularity fallback
-            out[r] = [self._hit(i, float("nan")) for i in self.popularity[:k]]
+            seen = set(queries[r]) if exclude else ()
+            out[r] = [self._hit(i, float("nan")) for i in self.popularity if i not in seen][:k]
         return out
 
     def _hit(self, item: str, score: float) -> Hit:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from edge_gr.search import Hit
+
 from .generative import GenerativeModel
 
 __all__ = ["load", "search"]
@@ -23,8 +25,9 @@ def load(path: str | os.PathLike, device: str = "cpu") -> GenerativeModel:
 
 
 def search(model: GenerativeModel | str | os.PathLike, query: str | Sequence[str], k: int = 10, *,
-           beam: int = 50, exclude_seen: bool = False) -> list[tuple[str, float]]:
-    """Top-``k`` ``(id, score)``: ``query`` is text (retrieval) or a list of item ids (recommendation).
+           beam: int | None = None, exclude_seen: bool = False) -> list[Hit]:
+    """Top-``k`` :class:`~edge_gr.search.Hit` (unpacks as ``(id, score)``): ``query`` is text (retrieval)
+    or a list of item ids (recommendation). The same answer as the device's ``Retriever.search``.
 
     An empty history gets the popularity ranking (scores ``nan``); bad text raises
     :class:`edge_gr.errors.InputError` saying what to do.

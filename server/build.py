@@ -148,7 +148,7 @@ def _inputs(spec: BuildSpec, data):
 
 
 def _eager(gm, task: str, inputs) -> list[list[str]]:
-    out = gm.search_many(inputs, 10, beam=20) if task == "retrieval" else gm.rank(inputs, 10, beam=20)
+    out = gm.rank_texts(inputs, 10, beam=20) if task == "retrieval" else gm.rank(inputs, 10, beam=20)
     return [[i for i, _ in r] for r in out]
 
 
@@ -322,7 +322,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo")
     sp.add_argument("--variants", default=None, help="BACKEND:PRECISION[@teacher|@student],... "
                     "(default onnxruntime:fp32@teacher,onnxruntime:int8@student)")
-    sp.add_argument("--teacher", default=None, help="an already trained teacher checkpoint (skips the ids and teacher stages)")
+    sp.add_argument("--checkpoint", "--teacher", dest="teacher", default=None, help="an already trained teacher checkpoint (skips the ids and teacher stages)")
     sp.add_argument("--no-student", action="store_true", help="export the teacher only (no distillation stage)")
     sp.add_argument("--stop-after", choices=["ids", "teacher", "student"], default=None,
                     help="stop after this stage (train on a GPU host, then run again with the same --work where the exporters are)")

@@ -2,7 +2,7 @@
 
     edge-gr demo                          # both comparisons on the small default data (minutes on CPU)
     edge-gr eval --task rec --preset full --out bench/results/rec.json
-    edge-gr ids --task rec --dataset ml-1m --levels 64,64,64 --out ids.json
+    edge-gr ids --task rec --data ml-1m --levels 64,64,64 --out ids.json
     edge-gr train --task retrieval --preset demo --out ckpt/
     edge-gr search ckpt/ "in the beginning was the word"
     edge-gr search rec-ckpt/ --history "Star Wars (1977)" "Alien (1979)"
@@ -45,7 +45,7 @@ def _presets(args):
     if getattr(args, "dataset", None):
         tasks = _tasks(args)
         if len(tasks) != 1:
-            raise EdgeGRError("--dataset names the data of one task", hint="add --task rec or --task retrieval")
+            raise EdgeGRError("--data names the data of one task", hint="add --task rec or --task retrieval")
         if tasks[0] == "rec":
             rec.dataset = args.dataset
         else:
@@ -189,31 +189,23 @@ def cmd_search(args) -> None:
     from .api import load
 
     path = Path(args.checkpoint)
-    if (path / "manifest.json").is_file() or path.suffix == ".tar":
-        _search_bundle(args, path)
-        return
-    gm = load(args.checkpoint)
+    bundle = (path / "manifest.json").is_file() or path.suffix == ".tar"
+    if bundle:
+        import edge_gr
+
+        if args.user is not None:
+            raise EdgeGRError("--user needs a checkpoint (it names the user's data set)", hint="pass --history ITEM ... to a bundle")
+        searcher = edge_gr.load(path)
+    else:
+        searcher = load(args.checkpoint)
     q = args.history if args.history is not None else args.query
     if args.user is not None:
-        q = _user_history(gm, args.user)
+        q = _user_history(searcher, args.user)
     if q is None:
         raise EdgeGRError("nothing to search for", hint="give a query text or --history ITEM [ITEM ...]")
-    for rank, (iid, score) in enumerate(gm.search(q, args.k, beam=args.beam, exclude_seen=args.exclude_seen), 1):
-        text = next((i.text for i in gm.items if i.id == iid), "")[:80]
-        print(f"{rank:>3}  {score:8.3f}  {gm.ids.format_id(iid):>12}  {iid}  {text}")
-
-
-def _search_bundle(args, path: Path) -> None:
-    import edge_gr
-
-    if args.user is not None or args.exclude_seen:
-        raise EdgeGRError("--user and --exclude-seen need a checkpoint", hint="pass --history ITEM ... to a bundle")
-    r = edge_gr.load(path)
-    q = args.history if args.history is not None else args.query
-    if q is None:
-        raise EdgeGRError("nothing to search for", hint="give a query text or --history ITEM [ITEM ...]")
-    for rank, h in enumerate(r.search(q, args.k, beam=args.beam), 1):
-        print(f"{rank:>3}  {h.score:8.3f}  {h.item_id}  {(h.title or '')[:80]}")
+    # one Searcher protocol, one output: the cloud checkpoint and the device bundle print alike
+    for rank, h in enumerate(searcher.search(q, args.k, beam=args.beam, exclude_seen=args.exclude_seen), 1):
+        print(f"{rank:>3}  {h.score:8.3f}  {searcher.ids.format_id(h.item_id):>12}  {h.item_id}  {(h.title or '')[:80]}")
 
 
 def _compress_data(gm, spec: str | None):
@@ -295,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default=None, help="torch device for training (default: cuda if available, else cpu)")
         sp.add_argument("--epochs", type=int, default=None, help="override the preset's maximum epochs (generative model and SASRec)")
         sp.add_argument("--levels", type=_levels, default=None, help="codes per ID level, e.g. 64,64,64 (a collision-free digit is appended)")
-        sp.add_argument("--dataset", default=None, help="with --task rec: ml-1m, ml-100k or a folder with items.jsonl[.gz] + "
+        sp.add_argument("--data", "--dataset", dest="dataset", default=None, help="with --task rec: ml-1m, ml-100k or a folder with items.jsonl[.gz] + "
                         "interactions.jsonl[.gz]; with --task retrieval: bible or a folder with docs.jsonl[.gz] "
                         "(+ optional train_queries / valid_queries / test_queries / doc_texts .jsonl[.gz])")
 
@@ -333,14 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--history", nargs="*", default=None, help="item ids, oldest first (recommender)")
     sp.add_argument("--user", default=None, help="a user of the checkpoint's data set (recommender): recommend from their history")
     sp.add_argument("-k", type=int, default=10)
-    sp.add_argument("--beam", type=int, default=50)
+    sp.add_argument("--beam", type=int, default=None, help="beams per level (default 20)")
     sp.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")
     sp.set_defaults(fn=cmd_search)
 
     from .compress.variants import VARIANTS
 
     sp = sub.add_parser("compress", help="distil, quantize, prune and group a teacher into named device variants + a report")
-    sp.add_argument("--teacher", required=True, help="checkpoint folder of the teacher (edge-gr train)")
+    sp.add_argument("--checkpoint", "--teacher", dest="teacher", required=True, help="the teacher's checkpoint folder (edge-gr train)")
     sp.add_argument("--data", default=None, help="the teacher's data: ml-1m / ml-100k / bible-demo / bible-full or a JSONL folder "
                                                  "(rec default: the checkpoint's data set)")
     sp.add_argument("--out", required=True, help="folder for the variant checkpoints and report.json")

@@ -16,9 +16,12 @@ Folder layout (``format_version`` checked on load)::
       items.jsonl            the catalogue (id, text, meta)
       popularity.json        rec only: fallback ranking for empty / unknown histories
 
+It implements :class:`edge_gr.search.Searcher`, as the device runtime does: the same arguments
+and the same :class:`~edge_gr.search.Hit` (which unpacks as ``(item_id, score)``).
+
 >>> gm = GenerativeModel.load("path/to/ckpt")                # doctest: +SKIP
 >>> gm.search("in the beginning was the word", k=3)          # doctest: +SKIP
-[('John.1.1', -0.02), ...]
+[Hit(item_id='John.1.1', score=-0.02, title='In the beginning was the Word, ...'), ...]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from edge_gr.decode import beam_search
 from edge_gr.errors import FormatError, InputError
 from edge_gr.ids import SemanticIds
+from edge_gr.search import DEFAULT_BEAM, Hit
 
 from .data.base import Item
 from .data.jsonl import read_items, write_items
@@ -86,9 +90,9 @@ class GenerativeModel:
                 out[r, S - len(rows):] = rows
         return torch.from_numpy(out)
 
-    def rank(self, histories: Sequence[Sequence[str]], k: int = 10, *, beam: int = 50, exclude_seen: bool = False,
+    def rank(self, histories: Sequence[Sequence[str]], k: int = 10, *, beam: int = DEFAULT_BEAM, exclude_seen: bool = False,
              batch_size: int = 128) -> list[list[tuple[str, float]]]:
-        """Next-item recommendations for each history (items unknown to the catalogue are skipped).
+        """Rec's low-level ranking: ``(item id, log-probability)`` per history (items unknown to the catalogue are skipped).
 
         A history with no known item gets the popularity ranking (score ``nan``), the
         documented fallback for new users.
@@ -112,19 +116,32 @@ class GenerativeModel:
                 results.append(row[:k])
         return results
 
-    def search(self, query: str | Sequence[str], k: int = 10, *, beam: int = 50, exclude_seen: bool = False) -> list[tuple[str, float]]:
-        """Top-``k`` catalogue ids with log-probability scores, best first.
+    def search(self, query: str | Sequence[str], k: int = 10, *, beam: int | None = None, exclude_seen: bool = False) -> list[Hit]:
+        """Top-``k`` hits (catalogue id, log-probability, title), best first (:class:`edge_gr.search.Searcher`).
 
         ``query`` is text for a retrieval model, a list of item ids (the history) for a
         recommender. Bad input raises :class:`InputError` with what to do.
         """
-        if self.task == "rec":
-            if isinstance(query, (str, bytes)):
-                raise InputError("a recommender takes a history (list of item ids), not text", hint="pass e.g. ['Toy Story (1995)']")
-            return self.rank([list(query)], k, beam=beam, exclude_seen=exclude_seen)[0]
-        return self.search_many([query], k, beam=beam)[0]
+        return self.search_many([query], k, beam=beam, exclude_seen=exclude_seen)[0]
 
-    def search_many(self, texts: Sequence[str], k: int = 10, *, beam: int = 50, batch_size: int = 256) -> list[list[tuple[str, float]]]:
+    def search_many(self, queries: Sequence[str | Sequence[str]], k: int = 10, *, beam: int | None = None,
+                    exclude_seen: bool = False, batch_size: int = 256) -> list[list[Hit]]:
+        """Batched :meth:`search`: texts for a retrieval model, histories for a recommender."""
+        if isinstance(queries, (str, bytes)):
+            raise InputError("search_many takes a list of queries", hint="use search(query) for one query")
+        beam = DEFAULT_BEAM if beam is None else beam
+        if self.task == "rec":
+            bad = [q for q in queries if isinstance(q, (str, bytes))]
+            if bad:
+                raise InputError("a recommender takes a history (list of item ids), not text", hint="pass e.g. ['Toy Story (1995)']")
+            ranked = self.rank([list(q) for q in queries], k, beam=beam, exclude_seen=exclude_seen)
+        else:
+            ranked = self.rank_texts(queries, k, beam=beam, batch_size=batch_size)
+        titles = self._titles()
+        return [[Hit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]
+
+    def rank_texts(self, texts: Sequence[str], k: int = 10, *, beam: int = DEFAULT_BEAM, batch_size: int = 256) -> list[list[tuple[str, float]]]:
+        """Retrieval's low-level ranking: ``(doc id, log-probability)`` per text (what evaluation reads)."""
         if self.task != "retrieval":
             raise InputError("this is a recommender", hint="call rank(histories) or search(history)")
         texts = [check_query(t) for t in texts]
@@ -134,6 +151,11 @@ class GenerativeModel:
             items, scores = self._decode(src, k, beam)
             out += [[(self.ids.items[i], float(sc)) for i, sc in zip(ir, sr) if i >= 0] for ir, sr in zip(items, scores)]
         return out
+
+    def _titles(self) -> dict[str, str]:
+        if getattr(self, "_title_of", None) is None or len(self._title_of) != len(self.items):
+            self._title_of = {i.id: i.text for i in self.items}
+        return self._title_of
 
     # -- persistence -----------------------------------------------------------
     def size_bytes(self) -> int:

@@ -397,6 +397,7 @@ class Registry:
         """
         parse_version(version)
         self.manifest(version)
+        variants = [tuple(v)[:2] for v in variants]  # one checkpoint per registry version: no @source
         key = "+".join(f"{b}-{p}" for b, p in variants)
         out = self.root / BUNDLES / version / key
         if (out / BUNDLE_MANIFEST).is_file():

@@ -331,7 +331,7 @@ def train_retrieval(data: RetrievalData, ids: SemanticIds, mcfg: GRConfig, cfg: 
     valid = data.valid[: cfg.eval_queries] if cfg.eval_queries else []
 
     def evaluate() -> float:
-        ranked = gm.search_many([q.text for q in valid], 10, beam=cfg.beam)
+        ranked = gm.rank_texts([q.text for q in valid], 10, beam=cfg.beam)
         return rank_metrics([[i for i, _ in r] for r in ranked], [q.relevant for q in valid])["recall@10"]
 
     _, log = fit(model, make_batches, evaluate if valid else None, cfg, "retrieval")

@@ -101,10 +101,10 @@ def test_cli_compress_and_bad_variant(rec_model, tmp_path, capsys):
     d = toy_rec()
     write_items(data / "items.jsonl", d.items)
     write_interactions(data / "interactions.jsonl", d.sequences)
-    assert main(["compress", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--out", str(tmp_path / "v"),
+    assert main(["compress", "--checkpoint", str(tmp_path / "teacher"), "--data", str(data), "--out", str(tmp_path / "v"),
                  "--variants", "fp32,bogus"]) == 2
     assert "unknown variants ['bogus']" in capsys.readouterr().err
-    assert main(["compress", "--teacher", str(tmp_path / "teacher"), "--data", str(data), "--out", str(tmp_path / "v"),
+    assert main(["compress", "--checkpoint", str(tmp_path / "teacher"), "--data", str(data), "--out", str(tmp_path / "v"),
                  "--variants", "fp32,int8", "--student", "16x1", "--epochs", "2", "--eval-queries", "20"]) == 0
     out = capsys.readouterr().out
     assert "int8" in out and (tmp_path / "v" / "int8" / "model.safetensors").is_file()

@@ -115,11 +115,11 @@ def test_docs_only_folder_trains_and_evaluates_through_the_cli(tmp_path, capsys)
     data = load_retrieval_folder(folder)
     assert data.train == [] and "in-sample" in data.test_label and len(data.test) == len(DOCS)
     ck = tmp_path / "ck"
-    assert cli(["train", "--task", "retrieval", "--preset", "tiny", "--dataset", str(folder), "--out", str(ck), "--device", "cpu"]) == 0
+    assert cli(["train", "--task", "retrieval", "--preset", "tiny", "--data", str(folder), "--out", str(ck), "--device", "cpu"]) == 0
     assert cli(["search", str(ck), "bread baked in a shop", "-k", "3"]) == 0
     assert "d" in capsys.readouterr().out
     out = tmp_path / "res.json"
-    assert cli(["eval", "--task", "retrieval", "--preset", "tiny", "--dataset", str(folder), "--out", str(out), "--device", "cpu"]) == 0
+    assert cli(["eval", "--task", "retrieval", "--preset", "tiny", "--data", str(folder), "--out", str(out), "--device", "cpu"]) == 0
     res = json.loads(out.read_text())["retrieval"]
     assert "in-sample" in res["protocol"]
     assert {"edge-gr-teacher", "bm25", "dense-minilm", "dense-minilm-finetuned"} <= set(res["methods"])
@@ -162,7 +162,7 @@ def test_folder_errors_are_clear(tmp_path, capsys, case, needle):
         _write(folder / "test_queries.jsonl", [{"qid": "t", "text": "x", "relevant": ["nope"]}])
     with pytest.raises(DataError, match=needle):
         load_retrieval_folder(folder)
-    assert cli(["train", "--task", "retrieval", "--preset", "tiny", "--dataset", str(folder), "--out", str(tmp_path / "ck")]) == 2
+    assert cli(["train", "--task", "retrieval", "--preset", "tiny", "--data", str(folder), "--out", str(tmp_path / "ck")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and not (tmp_path / "ck").exists()
 
@@ -171,9 +171,9 @@ def test_dataset_for_the_wrong_task_is_an_error(tmp_path, capsys):
     folder = tmp_path / "docs"
     folder.mkdir()
     _write(folder / "docs.jsonl", DOCS)
-    assert cli(["demo", "--preset", "tiny", "--dataset", str(folder)]) == 2
+    assert cli(["demo", "--preset", "tiny", "--data", str(folder)]) == 2
     assert "--task" in capsys.readouterr().err
-    assert cli(["eval", "--task", "rec", "--preset", "tiny", "--dataset", str(folder)]) == 2
+    assert cli(["eval", "--task", "rec", "--preset", "tiny", "--data", str(folder)]) == 2
     assert "not a recommendation data set" in capsys.readouterr().err
 
 

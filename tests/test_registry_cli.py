@@ -75,7 +75,7 @@ def test_rollout_simulate_writes_the_ab_report_and_never_promotes_a_corrupted_ca
     reg = tmp / "reg"
     _run("registry", "publish", "--registry", reg, "--checkpoint", tmp / "ckpt", "--activate")
     _run("registry", "publish", "--registry", reg, "--checkpoint", tmp / "ckpt", "--note", "same weights")
-    _run("rollout", "simulate", "--registry", reg, "--candidate", "v1.1", "--dataset", tmp / "data", "--requests", "1",
+    _run("rollout", "simulate", "--registry", reg, "--candidate", "v1.1", "--data", tmp / "data", "--requests", "1",
          "--corrupt-candidate", "3", "--out", tmp / "rep")
     rep = json.loads((tmp / "rep.json").read_text())
     assert rep["baseline"] == "v1.0" and rep["stages"] and rep["outcome"] in ("completed", "rolled back")

@@ -237,17 +237,10 @@ def test_battery_switching_on_a_real_bundle(ret_gm, tmp_path):
     assert r.variant == served[-1]
 
 
-def test_device_extra_alone_loads_and_searches_a_bundle(bundle, ret_gm, tmp_path):
+def test_device_extra_alone_loads_and_searches_a_bundle(bundle, ret_gm, tmp_path, device_python):
     """`pip install edge-gr[device]` into a clean venv (no torch, no flwr) runs a real bundle."""
     path = bundle("retrieval", "onnxruntime", "fp32")
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}  # nothing of this venv leaks in
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
-    py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{ROOT}[device]"], capture_output=True, text=True, timeout=900, env=env)
-    assert pip.returncode == 0, pip.stderr[-2000:]
+    py, env = device_python
     script = (
         "import importlib.util, sys, edge_gr\n"
         "assert importlib.util.find_spec('torch') is None and importlib.util.find_spec('flwr') is None\n"

@@ -315,7 +315,7 @@ def teacher_beams(teacher: "GenerativeModel", inputs: list, k: int, beam: int | 
     if teacher.task == "rec":
         ranked = teacher.rank(inputs, k, beam=max(beam or k, k))
     else:
-        ranked = teacher.search_many(inputs, k, beam=max(beam or k, k))
+        ranked = teacher.rank_texts(inputs, k, beam=max(beam or k, k))
     keep = [r for r, out in enumerate(ranked) if len(out) == k and not any(np.isnan(sc) for _, sc in out)]
     if teacher.task == "rec":
         src = teacher._history_tensor([inputs[r] for r in keep])
@@ -434,7 +434,7 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
         valid = data.valid[: train_cfg.eval_queries] if train_cfg.eval_queries else []
 
         def evaluate() -> float:
-            ranked = gm.search_many([q.text for q in valid], 10, beam=train_cfg.beam)
+            ranked = gm.rank_texts([q.text for q in valid], 10, beam=train_cfg.beam)
             return rank_metrics([[i for i, _ in r] for r in ranked], [q.relevant for q in valid])["recall@10"]
         has_eval = bool(valid)
     if beams is not None and len(beams[0]) == 0:
