@@ -124,7 +124,22 @@ def _cpu() -> str:
 
 
 def cmd_demo(args) -> None:
+    """Both comparisons, then each task's device bundle by `edge-gr build` from the teacher just trained."""
     _run(args, ["rec", "retrieval"])
+    if args.no_bundles:
+        return
+    from .build import BuildSpec, build
+
+    rec, ret = _presets(args)
+    root = Path(args.checkpoints) if args.checkpoints else Path(".cache/edge_gr/demo")
+    for task, p in (("rec", rec), ("retrieval", ret)):
+        teacher = root / f"{task}-model" if args.checkpoints else None
+        out = build(BuildSpec(task=task, data=p.dataset, out=str(root / "bundles" / task), preset=args.preset,
+                              device=args.device or "cpu", teacher=str(teacher) if teacher and teacher.is_dir() else None))
+        rep = json.loads((out.with_name(out.name + ".build") / "verify.json").read_text())
+        for name, v in rep["variants"].items():
+            print(f"{task} bundle {name:<18} from {v['source']:<8} overlap@10 {v['overlap@10']:.3f}  recall@10 {v['recall@10']:.3f}")
+        print(f"wrote {out}  (on the device: edge_gr.load({str(out)!r}).search(...))")
 
 
 def cmd_eval(args) -> None:
@@ -295,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--out", default=None, help="write the results JSON here")
     sp.add_argument("--checkpoints", default=None, help="save the trained generative models under this folder")
+    sp.add_argument("--no-bundles", action="store_true", help="only the comparisons (skip `edge-gr build` of the device bundles)")
     sp.set_defaults(fn=cmd_demo)
 
     sp = sub.add_parser("eval", help="train the generative model and its peers, compare them in one run")
