@@ -27,8 +27,12 @@ __all__ = ["beam_search", "StepFn"]
 StepFn = Callable[[np.ndarray], np.ndarray]
 
 
-def beam_search(step: StepFn, trie: Trie, *, n: int, beam: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def beam_search(step: StepFn, trie: Trie, *, n: int, beam: int, k: int,
+                on_select: Callable[[np.ndarray], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` items for each of ``n`` queries.
+
+    ``on_select(parent)`` (optional) is called after each level with the parent beam of every
+    surviving beam ``(n, b)``: a stateful ``step`` (a KV cache per beam) reorders its state by it.
 
     Returns ``items (n, k)`` leaf indices (row numbers of :class:`~edge_gr.ids.SemanticIds`),
     ``-1`` where fewer than ``k`` valid IDs exist, and ``scores (n, k)`` (sum of
@@ -53,6 +57,8 @@ def beam_search(step: StepFn, trie: Trie, *, n: int, beam: int, k: int) -> tuple
         order = np.argsort(-total, axis=1, kind="stable")[:, :width]  # (n, width)
         scores = np.take_along_axis(total, order, 1)
         src_beam, code = order // K, order % K
+        if on_select is not None:
+            on_select(src_beam)
         parent = np.take_along_axis(nodes, src_beam, 1)
         nodes = np.where(np.isfinite(scores), trie.step(level, np.maximum(parent, 0), code), -1)
         prefix = np.concatenate([np.take_along_axis(prefix, src_beam[..., None], 1), code[..., None]], axis=2)

@@ -48,6 +48,8 @@ class _Model:
         self.variant = variant
         self.session = _backends.open_session(variant.backend, files, threads=threads)
         self.static = dict(getattr(self.session, "static", {}) or variant.static or {})
+        # the lean decoder (role ``step``: one position per call, fixed-slot KV cache) where the variant has it
+        self.has_step = "step" in variant.files and callable(getattr(self.session, "step", None))
 
     def _limits(self) -> tuple[int | None, int | None, bool, bool]:
         st = self.static
@@ -94,6 +96,7 @@ class Retriever:
     def __init__(self, manifest: BundleManifest, root: Path, keep, model: _Model, threads: int | None):
         self.manifest, self.root, self._keep, self._model, self._threads = manifest, root, keep, model, threads
         self._lock = threading.Lock()
+        self.lean = True  # use a variant's lean decoder step when it has one (False: the full-prefix graph, for comparison)
         rt = manifest.runtime
         self.task, self.levels, self.max_len = manifest.task, tuple(rt.levels), rt.max_len
         self._offsets = np.concatenate([[0], np.cumsum(self.levels)[:-1]]).astype(np.int64)
@@ -118,6 +121,11 @@ class Retriever:
     def variants(self) -> list[str]:
         """Names of every variant in the bundle."""
         return [v.name for v in self.manifest.variants]
+
+    @property
+    def threads(self) -> int:
+        """CPU threads the serving variant's backend reports it runs on (0 = the backend's default pool)."""
+        return int(getattr(self._model.session, "threads", 0) or 0)
 
     @property
     def variant(self) -> str:
@@ -183,6 +191,8 @@ class Retriever:
         return encode(self.tokenizer, texts, self.max_len, width=self.max_len)
 
     def _decode(self, model: _Model, src: np.ndarray, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
+        if model.has_step and self.lean:
+            return self._decode_step(model, src, k, beam)
         enc = model.encode(src)
         L, off = len(self.levels), self._offsets
 
@@ -194,6 +204,27 @@ class Retriever:
             return _log_softmax(logits[..., off[l]:off[l] + self.levels[l]])
 
         return beam_search(step, self.ids.trie(), n=src.shape[0], beam=beam, k=k)
+
+    def _decode_step(self, model: _Model, src: np.ndarray, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
+        """Lean decoding: one position per level for every beam, the self-attention KV cache carried
+        between levels and reordered by each beam's parent (exactly the full-prefix decoder's answer)."""
+        enc = model.encode(src)
+        off, n = self._offsets, src.shape[0]
+        st: dict = {"cache": None, "parent": None}
+
+        def step(prefix: np.ndarray) -> np.ndarray:
+            _, b, l = prefix.shape
+            if l == 0:
+                tok = np.zeros((n, b), dtype=np.int64)  # BOS
+                st["cache"] = [np.zeros((n, b, *s), dtype=np.float32) for s in model.session.cache_shapes]
+            else:
+                tok = prefix[:, :, -1] + off[l - 1] + 1
+                rows = np.arange(n)[:, None]
+                st["cache"] = [c[rows, st["parent"]] for c in st["cache"]]
+            logits, st["cache"] = model.session.step(tok, l, enc, st["cache"])
+            return _log_softmax(logits[..., off[l]:off[l] + self.levels[l]])
+
+        return beam_search(step, self.ids.trie(), n=n, beam=beam, k=k, on_select=lambda parent: st.__setitem__("parent", parent))
 
 
 def _open(variant: Variant, root: Path, threads: int | None, r: Retriever | None = None, manifest: BundleManifest | None = None) -> _Model:

@@ -39,6 +39,9 @@ from edge_gr.errors import EdgeGRError
 
 __all__ = ["BuildSpec", "BuildError", "build", "DEFAULT_BUILD_VARIANTS"]
 
+# bumped when the exporters write different files (re-exports bundles built by an older edge-gr):
+# 2026-12-01 "step" = variants gain the lean decoder step graph
+EXPORT_REVISION = "2026-12-01-step"
 DEFAULT_BUILD_VARIANTS: tuple[tuple[str, str, str], ...] = (("onnxruntime", "fp32", "teacher"), ("onnxruntime", "int8", "student"))
 
 
@@ -299,7 +302,7 @@ def build(spec: BuildSpec) -> Path:
     if spec.stop_after == "student":
         return work
 
-    export_key = _hash(stage_key, [list(v) for v in variants])
+    export_key = _hash(stage_key, [list(v) for v in variants], EXPORT_REVISION)
     verify_path = work / "verify.json"
 
     def make_bundle():

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GRConfig", "GenerativeRetriever", "EncoderGraph", "DecoderStepGraph", "attend", "NEG"]
+__all__ = ["GRConfig", "GenerativeRetriever", "EncoderGraph", "DecoderStepGraph", "DecoderKVStepGraph", "attend", "NEG"]
 
 
 @dataclass
@@ -272,10 +272,52 @@ class GenerativeRetriever(nn.Module):
             x = blk(x, mem, self_mask, cross, kv=None if kv is None else kv[i], plain=plain)
         return self.dec_ln(x)
 
+    def decode_step(self, tok: torch.Tensor, pos: torch.Tensor, cross_mask: torch.Tensor, cross_kv: list,
+                    cache: list) -> tuple[torch.Tensor, list]:
+        """One decoder position for every beam, with a fixed-slot self-attention KV cache (the lean device step).
+
+        tok (N, B) decoder input ids at position ``pos`` (0 = BOS, then 1 + offset + code); pos (1,) int64;
+        cross_mask (N, S) additive; cross_kv per layer (k, v) (N, nh, S, hs); cache per layer (k, v)
+        (N, B, nh, L, hs) with slots < pos filled. Returns logits (N, B, V) at ``pos`` and the caches
+        with slot ``pos`` written. Exactly the full-prefix decoder's position ``pos`` (the self-attention
+        is causal): slots after ``pos`` are masked, so what they hold never matters.
+        """
+        N, B = tok.shape
+        d, L = self.cfg.d_model, self.level_ids.shape[0]
+        onehot = (self.level_ids == pos).to(torch.float32)                       # (L,) the slot written now
+        slot_mask = _additive(self.level_ids <= pos)                             # (L,) slots visible at pos
+        x = self.dec_in(tok) + self.level_in(pos)                                # (N, B, d)
+        new_cache = []
+        for blk, (ck, cv), (sk, sv) in zip(self.dec, cross_kv, cache):
+            a = blk.self_attn
+            h = blk.ln1(x)
+            q = a.q(h).view(N, B, a.nh, 1, a.hs)
+            k_new, v_new = a.kv(h).view(N, B, 2, a.nh, 1, a.hs).unbind(2)        # (N, B, nh, 1, hs) each
+            w = onehot.view(1, 1, 1, L, 1)
+            sk, sv = sk * (1 - w) + k_new * w, sv * (1 - w) + v_new * w           # write slot pos
+            y = attend(q, sk, sv, slot_mask, plain=True)                          # (N, B, nh, 1, hs)
+            x = x + a.o(y.reshape(N, B, a.nh * a.hs))
+            c = blk.cross_attn
+            q = c.q(blk.ln2(x)).view(N, B, c.nh, c.hs).transpose(1, 2)            # (N, nh, B, hs)
+            y = attend(q, ck, cv, cross_mask[:, None, None, :], plain=True)       # (N, nh, B, hs)
+            x = x + c.o(y.transpose(1, 2).reshape(N, B, c.nh * c.hs))
+            x = x + blk.ffn(blk.ln3(x))
+            new_cache.append((sk, sv))
+        return self.head(self.dec_ln(x)), new_cache
+
+    def empty_cache(self, n: int, beams: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Zeroed fixed-slot caches for :meth:`decode_step`: per layer (k, v) of (n, beams, nh, L, hs)."""
+        L = len(self.cfg.levels)
+        return [tuple(torch.zeros(n, beams, b.self_attn.nh, L, b.self_attn.hs) for _ in range(2)) for b in self.dec]
+
     # -- export graphs ----------------------------------------------------------
     def export_graphs(self) -> tuple["EncoderGraph", "DecoderStepGraph"]:
         """The two graphs of a bundle (I/O ``enc-kv/dec-full-prefix/v1``): see :class:`EncoderGraph`."""
         return EncoderGraph(self), DecoderStepGraph(self)
+
+    def export_step_graph(self) -> "DecoderKVStepGraph":
+        """The lean decoder step (optional role ``step`` of a variant): see :meth:`decode_step`."""
+        return DecoderKVStepGraph(self)
 
     def level_logprobs(self, logits: torch.Tensor, level: int) -> torch.Tensor:
         """log-softmax over level ``level``'s codes only: (..., V) -> (..., levels[level])."""
@@ -366,3 +408,20 @@ class DecoderStepGraph(nn.Module):
         pairs = [(kv[2 * i], kv[2 * i + 1]) for i in range(len(m.dec))]
         x = m._decoder(prefix, _additive(m.id_causal[:L, :L]), cross_mask[:, None, None, :], kv=pairs, plain=True)
         return m.head(x)  # (N, B, L, V)
+
+
+class DecoderKVStepGraph(nn.Module):
+    """Exported lean step: ``(tok (N, B), pos (1,), cross_mask, k_0, v_0, ..., sk_0, sv_0, ...) ->
+    (logits (N, B, V), sk_0', sv_0', ...)``; cross k/v as the encoder graph returns them, self caches
+    (N, B, nh, L, hs) per decoder layer (fixed slots; see :meth:`GenerativeRetriever.decode_step`)."""
+
+    def __init__(self, model: GenerativeRetriever):
+        super().__init__()
+        self.m = model.eval()
+
+    def forward(self, tok: torch.Tensor, pos: torch.Tensor, cross_mask: torch.Tensor, *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = len(self.m.dec)
+        cross = [(kv[2 * i], kv[2 * i + 1]) for i in range(n)]
+        cache = [(kv[2 * n + 2 * i], kv[2 * n + 2 * i + 1]) for i in range(n)]
+        logits, new = self.m.decode_step(tok, pos, cross_mask, cross, cache)
+        return (logits, *[t for pair in new for t in pair])

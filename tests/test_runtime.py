@@ -99,6 +99,45 @@ def test_export_modules_match_eager_decode(rec_gm, ret_gm):
         assert torch.allclose(ref, got, atol=1e-4), (ref - got).abs().max()
 
 
+@pytest.mark.parametrize("task", ["rec", "retrieval"])
+def test_lean_step_is_exact(task, bundle, rec_gm, ret_gm):
+    """The lean decoder (one position per level, KV cache reordered by parent beam) answers exactly
+    what the eager model and the full-prefix graph answer: same top-10, scores within 1e-4."""
+    gm, queries = rec_gm if task == "rec" else ret_gm
+    r = edge_gr.load(bundle(task, "onnxruntime", "fp32"), backend="onnxruntime")
+    assert r._model.has_step and r.lean
+    lean = r.search_many(queries, 10, beam=20)
+    r.lean = False
+    full = r.search_many(queries, 10, beam=20)
+    eager = gm.search_many(queries, 10, beam=20)
+    for a, b, c in zip(lean, full, eager):
+        assert [h.item_id for h in a] == [h.item_id for h in b] == [h.item_id for h in c]
+        assert max((abs(x.score - z.score) for x, z in zip(a, c)), default=0.0) < 1e-4
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch", pytest.param("executorch", marks=slow), pytest.param("litert", marks=slow)])
+def test_threads_one_really_means_one(backend, bundle, ret_gm):
+    """`threads=1` reaches each backend (ExecuTorch's XNNPACK pool included) and the runtime reports it."""
+    r = edge_gr.load(bundle("retrieval", backend, "fp32"), backend=backend, threads=1)
+    assert r.threads == 1
+    assert r.search(ret_gm[1][0], 3)
+
+
+def test_beam_search_reports_parents_for_a_stateful_step():
+    from edge_gr.decode import beam_search
+    from edge_gr.ids import SemanticIds
+
+    ids = SemanticIds(["a", "b", "c", "d"], np.array([[0, 0], [0, 1], [1, 0], [1, 1]]), (2, 2))
+    seen, parents = [], []
+
+    def step(prefix):
+        seen.append(prefix.copy())
+        return np.log(np.full(prefix.shape[:2] + (2,), 0.5)) + np.arange(2) * 0.1
+    beam_search(step, ids.trie(), n=1, beam=2, k=2, on_select=parents.append)
+    assert len(parents) == 2 and parents[0].shape == (1, 2) and (parents[0] == 0).all()  # level 0: one parent (BOS)
+    assert (seen[1][0, :, 0] == [1, 0]).all()  # level 1's beams, best first, each its parent's code
+
+
 @pytest.mark.parametrize("backend,precision", VARIANTS)
 @pytest.mark.parametrize("task", ["rec", "retrieval"])
 def test_variant_matches_eager(task, backend, precision, bundle, rec_gm, ret_gm):

@@ -26,8 +26,18 @@ class EtSession:
 
             raise missing("executorch", e) from None
         self._torch = torch
+        from executorch.extension.pybindings import portable_lib
+
+        if threads:  # XNNPACK's pool is per process: `threads` resizes it (it was ignored before 2026-12-01)
+            portable_lib._unsafe_reset_threadpool(int(threads))
+        self._pool = portable_lib._threadpool_get_thread_count
         prog = Runtime.get().load_program(Path(files["program"]))
         self.enc, self.dec = prog.load_method("encode"), prog.load_method("decode")
+
+    @property
+    def threads(self) -> int:
+        """Threads of the XNNPACK pool the methods run on (what the runtime reports)."""
+        return int(self._pool())
 
     def _t(self, a: np.ndarray):
         return self._torch.from_numpy(np.ascontiguousarray(a))

@@ -22,6 +22,7 @@ class LiteRtSession:
 
             raise missing("litert", e) from None
         self.it = Interpreter(model_path=str(files["program"]), num_threads=threads or None)
+        self.threads = int(threads or 0)  # 0 = the interpreter's default
         self.enc, self.dec = self.it.get_signature_runner("encode"), self.it.get_signature_runner("decode")
         self.enc_in = self.enc.get_input_details()
         self.dec_in = self.dec.get_input_details()

@@ -23,17 +23,30 @@ class OrtSession:
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
+        self.threads = so.intra_op_num_threads if threads else 0  # 0 = ORT's default (one per core)
         prov = ["CPUExecutionProvider"]
         self.enc = ort.InferenceSession(str(files["encoder"]), so, providers=prov)
         self.dec = ort.InferenceSession(str(files["decoder"]), so, providers=prov)
         self.enc_in = self.enc.get_inputs()[0].name
         self.dec_in = [i.name for i in self.dec.get_inputs()]
+        self.step_sess = ort.InferenceSession(str(files["step"]), so, providers=prov) if "step" in files else None
+        if self.step_sess is not None:
+            ins = self.step_sess.get_inputs()
+            self.step_in = [i.name for i in ins]
+            # the fixed-slot self caches: (N, B, nh, L, hs) per decoder layer, N and B symbolic
+            self.cache_shapes = [tuple(i.shape[2:]) for i in ins if i.name.startswith("s") and i.name[1:2] in "kv" and "_" in i.name]
 
     def encode(self, src: np.ndarray) -> list[np.ndarray]:
         return self.enc.run(None, {self.enc_in: src.astype(np.int64, copy=False)})
 
     def decode(self, prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray:
         return self.dec.run(None, dict(zip(self.dec_in, [prefix.astype(np.int64, copy=False), *enc])))[0]
+
+    def step(self, tok: np.ndarray, pos: int, enc: list[np.ndarray], cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The lean decoder step: logits (N, B, V) at ``pos`` and the caches with slot ``pos`` written."""
+        feed = [tok.astype(np.int64, copy=False), np.array([pos], dtype=np.int64), *enc, *cache]
+        out = self.step_sess.run(None, dict(zip(self.step_in, feed)))
+        return out[0], out[1:]
 
 
 def open(files: dict[str, Path], *, threads: int | None = None) -> OrtSession:  # noqa: A001

@@ -21,6 +21,7 @@ class TorchSession:
             raise missing("torch", e) from None
         if threads:
             torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
         self.torch = torch
         self.enc = torch.export.load(str(files["encoder"])).module()
         self.dec = torch.export.load(str(files["decoder"])).module()

@@ -7,7 +7,7 @@ import torch
 from ..model import GenerativeRetriever
 from .modules import example_inputs
 
-__all__ = ["io_names", "dynamic_shapes", "wrap"]
+__all__ = ["io_names", "dynamic_shapes", "wrap", "step_io", "step_inputs", "step_dynamic_shapes"]
 
 
 def io_names(model: GenerativeRetriever) -> tuple[list[str], list[str]]:
@@ -35,3 +35,28 @@ def wrap(model: GenerativeRetriever, n: int = 2, beam: int = 3):
     enc_args, dec_args = example_inputs(model, n, beam)
     enc, dec = model.export_graphs()
     return enc.eval(), dec.eval(), enc_args, dec_args
+
+
+def step_io(model: GenerativeRetriever) -> tuple[list[str], list[str]]:
+    """Input and output names of the lean step graph (role ``step``)."""
+    n = model.cfg.n_dec_layers
+    kv = [f"{t}_{i}" for i in range(n) for t in ("k", "v")]
+    cache = [f"s{t}_{i}" for i in range(n) for t in ("k", "v")]
+    return ["tok", "pos", "cross_mask", *kv, *cache], ["logits", *[c + "_out" for c in cache]]
+
+
+def step_inputs(model: GenerativeRetriever, n: int = 2, beam: int = 3) -> tuple:
+    """Example inputs of the step graph: BOS at position 1 with zeroed caches (avoid n, beam = 1)."""
+    (src,), _ = example_inputs(model, n, beam)
+    with torch.no_grad():
+        enc_out = model.export_graphs()[0](src)
+    cache = [t for pair in model.empty_cache(n, beam) for t in pair]
+    return (torch.zeros(n, beam, dtype=torch.long), torch.ones(1, dtype=torch.long), *enc_out, *cache)
+
+
+def step_dynamic_shapes(model: GenerativeRetriever, max_batch: int = 1024, max_beam: int = 512):
+    """Dynamic batch N and beams B of the step graph (the position and the cache slots are fixed)."""
+    N = torch.export.Dim("batch", min=1, max=max_batch)
+    B = torch.export.Dim("beam", min=1, max=max_beam)
+    n_kv = 2 * model.cfg.n_dec_layers
+    return ({0: N, 1: B}, None, {0: N}, tuple([{0: N} for _ in range(n_kv)] + [{0: N, 1: B} for _ in range(n_kv)]))

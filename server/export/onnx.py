@@ -35,7 +35,7 @@ import torch
 from edge_gr.weightmap import build_weights, layout
 
 from ..model import GenerativeRetriever
-from ._common import dynamic_shapes, io_names, wrap
+from ._common import dynamic_shapes, io_names, step_dynamic_shapes, step_inputs, step_io, wrap
 
 __all__ = ["export_onnx", "bind_weights", "WEIGHTS_FILE", "MAP_FILE", "MIN_ELEMENTS"]
 
@@ -135,7 +135,7 @@ def bind_weights(out_dir: str | Path, graphs: list[str], state: dict[str, np.nda
 
 
 def export_onnx(model: GenerativeRetriever, out_dir: str | Path, precision: str = "fp32") -> dict[str, str]:
-    """Write ``encoder.onnx`` + ``decoder.onnx`` (fp32 weight-bound, or int8 self-contained) into ``out_dir``."""
+    """Write ``encoder.onnx`` + ``decoder.onnx`` + the lean ``step.onnx`` (fp32 weight-bound, or int8 self-contained) into ``out_dir``."""
     if precision not in ("fp32", "int8"):
         raise ValueError(f"onnxruntime variants are fp32 or int8, not {precision}")
     out_dir = Path(out_dir)
@@ -143,18 +143,20 @@ def export_onnx(model: GenerativeRetriever, out_dir: str | Path, precision: str 
     enc, dec, ea, da = wrap(model)
     es, ds = dynamic_shapes(model)
     enc_out, dec_in = io_names(model)
-    files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
+    files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "step": "step.onnx"}
+    step_in, step_out = step_io(model)
     with tempfile.TemporaryDirectory() as td:
         stage = Path(td) if precision == "int8" else out_dir
         _export(enc, ea, stage / "encoder.onnx", ["src"], enc_out, es)
         _export(dec, da, stage / "decoder.onnx", dec_in, ["logits"], ds)
+        _export(model.export_step_graph().eval(), step_inputs(model), stage / "step.onnx", step_in, step_out, step_dynamic_shapes(model))
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            for name in ("encoder.onnx", "decoder.onnx"):
+            for name in ("encoder.onnx", "decoder.onnx", "step.onnx"):
                 quantize_dynamic(stage / name, out_dir / name, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
         else:
             state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
             # the decoder first: its tensors do not grow with the catalogue (its graph survives new items unchanged)
-            files.update(bind_weights(out_dir, ["decoder.onnx", "encoder.onnx"], state))
+            files.update(bind_weights(out_dir, ["decoder.onnx", "step.onnx", "encoder.onnx"], state))
     return files
