@@ -60,6 +60,7 @@ class BuildSpec:
     teacher: str | None = None                   # an already trained teacher checkpoint (skips the teacher stage)
     student: bool = True                         # distil the preset's student
     stop_after: str | None = None                # ids | teacher | student: train here (e.g. on a GPU host), export elsewhere
+    student_config: str | None = None            # a student.json (edge-gr nas) replacing the preset's student
     work: str | None = None                      # stage artifacts (default: OUT.build next to OUT)
     min_overlap: float = 0.5                     # verify: a variant's top-10 overlap with eager below this fails
     verify_queries: int = 200
@@ -131,6 +132,15 @@ def _presets(spec: BuildSpec):
         raise BuildError(f"unknown preset {spec.preset!r}", hint=f"use one of {', '.join(table)}")
     p = replace(table[spec.preset], dataset=spec.data)
     p.train = replace(p.train, device=spec.device, progress=spec.progress)
+    if spec.student_config:  # e.g. the architecture `edge-gr nas` chose (student.json)
+        from .model import GRConfig
+
+        try:
+            doc = json.loads(Path(spec.student_config).read_text())
+            p.student = GRConfig(**{k: v for k, v in doc["config"].items() if k in GRConfig.__dataclass_fields__ and k != "levels"})
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise BuildError(f"{spec.student_config} is not a student config ({type(e).__name__}: {e})",
+                             hint="pass the student.json that `edge-gr nas` writes") from None
     return p
 
 
@@ -140,13 +150,13 @@ def _load(spec: BuildSpec, p):
     return load_rec_data(p) if spec.task == "rec" else load_retrieval_data(p)
 
 
-def _inputs(spec: BuildSpec, data):
-    """Validation inputs and their relevant ids (never the test split)."""
-    if spec.task == "retrieval":
-        qs = (data.valid or data.test)[: spec.verify_queries]
+def validation_inputs(task: str, data, n: int):
+    """``n`` validation inputs and their relevant ids (never the test split): texts or training histories."""
+    if task == "retrieval":
+        qs = (data.valid or data.test)[:n]
         return [q.text for q in qs], [q.relevant for q in qs]
     split = data.split()
-    users = list(split.valid_target)[: spec.verify_queries]
+    users = list(split.valid_target)[:n]
     return [split.train[u] for u in users], [{split.valid_target[u]} for u in users]
 
 
@@ -168,7 +178,7 @@ def _verify(spec: BuildSpec, sources: dict, bundle: Path, data) -> dict:
     from .compress.variants import reference_model, with_recipe
     from .metrics import rank_metrics
 
-    inputs, rel = _inputs(spec, data)
+    inputs, rel = validation_inputs(spec.task, data, spec.verify_queries)
     eager = {name: _eager(gm, spec.task, inputs) for name, gm in sources.items()}
     eager_m = {name: rank_metrics(ids, rel) for name, ids in eager.items()}
     teacher_r = eager_m["teacher"]["recall@10"] if "teacher" in eager_m else None
@@ -333,6 +343,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--work", default=None, help="folder for stage artifacts (default OUT.build)")
     sp.add_argument("--min-overlap", type=float, default=0.5, help="fail if a variant's top-10 overlap with the eager model is lower")
     sp.add_argument("--verify-queries", type=int, default=200, help="validation queries (users) each variant is checked on")
+    sp.add_argument("--student-config", default=None, help="student.json from `edge-gr nas` (replaces the preset's student)")
     sp.set_defaults(fn=_cmd_build)
 
 
@@ -349,7 +360,7 @@ def _cmd_build(args) -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     spec = BuildSpec(task=args.task, data=args.data, out=args.out, preset=args.preset, variants=variants, device=args.device,
                      work=args.work, min_overlap=args.min_overlap, teacher=args.teacher, student=not args.no_student,
-                     stop_after=args.stop_after, verify_queries=args.verify_queries)
+                     stop_after=args.stop_after, verify_queries=args.verify_queries, student_config=args.student_config)
     out = build(spec)
     if args.stop_after:
         print(f"stopped after {args.stop_after}; stage artifacts in {out}")

@@ -389,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .build import add_parser as add_build  # `edge-gr build`: data -> bundle in one command
 
     add_build(sub)
+    from .nas.search import add_parser as add_nas  # `edge-gr nas`: the device student's architecture
+
+    add_nas(sub)
     from .registry_cli import add_parser as add_registry  # `edge-gr registry ...` (issue #6)
 
     add_registry(sub)

@@ -8,7 +8,7 @@ import pytest
 MODULES = ["edge_gr", "edge_gr.delta", "edge_gr.update", "edge_gr.weightmap", "server.registry", "server.incremental_ids", "server.rollout", "server.incremental", "device_sim.rollout_sim", "edge_gr.errors", "edge_gr.bundle", "edge_gr.text", "edge_gr.backends", "server.export.modules", "server.export.bundle", "edge_gr.ids", "edge_gr.decode", "server.metrics", "server.data.base", "server.data.jsonl",
            "server.text", "server.model", "server.semantic_ids", "server.evaluate", "server.train", "server.peers.popularity",
            "server.compress", "server.compress.quantize", "server.compress.distill", "server.compress.grouped", "server.compress.prune",
-           "server.compress._util", "server.compress.recipe", "server.compress.transforms", "edge_gr.search", "device_sim.fl.records", "device_sim.fl.adapters", "device_sim.fl.local",
+           "server.compress._util", "server.compress.recipe", "server.compress.transforms", "edge_gr.search", "server.nas", "server.nas.space", "server.nas.search", "device_sim.fl.records", "device_sim.fl.adapters", "device_sim.fl.local",
            "device_sim.fl.report", "device_sim.fl.flower"]
 
 
