@@ -33,6 +33,7 @@ from server.io import write_json  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 K, BEAM = 10, 20
+CG_VARIANTS = {"onnxruntime-int8-student", "onnxruntime-fp32-teacher"}  # callgrind runs ~50x slower: the shipped variant + the reference
 
 
 def queries(task: str, folder: str, n: int) -> list:
@@ -92,7 +93,7 @@ def bench_bundle(name: str, path: str, qs: list, cg_n: int, tmp: Path) -> dict:
                        precision=v.precision, source=v.source.get("name"), lean=lean, threads=r.threads, size_mb=v.size / 1e6)
             if ref is not None:
                 row["overlap@10_vs_teacher_fp32"] = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(out, ref)]))
-            if cg_n:
+            if cg_n and v.name in CG_VARIANTS:
                 row["instructions_per_query"] = instructions(str(path), v.name, lean, str(qs_file), cg_n)
             rows.append(row)
             print(f"{name:6} {row['name']:44} p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  threads {row['threads']}"

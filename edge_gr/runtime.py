@@ -90,6 +90,33 @@ class _Model:
         return np.concatenate(outs)[:, :B]
 
 
+    def step(self, tok: np.ndarray, pos: int, enc: list[np.ndarray], cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The lean step within the variant's shape limits: chunks of the batch limit, beams padded where fixed."""
+        n, b, fixed_n, fixed_b = self._limits()
+        N, B = tok.shape
+        if not n and not b:
+            return self.session.step(tok, pos, enc, cache)
+        if b and B > b:
+            raise InputError(f"variant {self.variant.name} was exported for at most {b} beams, got {B}",
+                             hint=f"pass beam <= {b} or use a variant without this limit")
+        if fixed_b and B < b:  # pad beams (copies of beam 0: their answers are dropped)
+            tok = np.concatenate([tok, np.repeat(tok[:, :1], b - B, 1)], 1)
+            cache = [np.concatenate([c, np.repeat(c[:, :1], b - B, 1)], 1) for c in cache]
+        n = n or N
+        logits, caches = [], []
+        for s in range(0, N, n):
+            t, e, c = tok[s:s + n], [x[s:s + n] for x in enc], [x[s:s + n] for x in cache]
+            pad = n - t.shape[0] if fixed_n else 0
+            if pad:
+                t, e, c = (np.concatenate([t, np.repeat(t[:1], pad, 0)]), [np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in e],
+                           [np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in c])
+            lg, nc = self.session.step(t, pos, e, c)
+            keep = t.shape[0] - pad
+            logits.append(lg[:keep, :B])
+            caches.append([x[:keep, :B] for x in nc])
+        return np.concatenate(logits), [np.concatenate(p) for p in zip(*caches)]
+
+
 class Retriever:
     """A loaded bundle. Build with :func:`load`; thread-safe for concurrent ``search`` and ``switch``."""
 
@@ -221,7 +248,7 @@ class Retriever:
                 tok = prefix[:, :, -1] + off[l - 1] + 1
                 rows = np.arange(n)[:, None]
                 st["cache"] = [c[rows, st["parent"]] for c in st["cache"]]
-            logits, st["cache"] = model.session.step(tok, l, enc, st["cache"])
+            logits, st["cache"] = model.step(tok, l, enc, st["cache"])
             return _log_softmax(logits[..., off[l]:off[l] + self.levels[l]])
 
         return beam_search(step, self.ids.trie(), n=n, beam=beam, k=k, on_select=lambda parent: st.__setitem__("parent", parent))

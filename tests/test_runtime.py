@@ -99,12 +99,13 @@ def test_export_modules_match_eager_decode(rec_gm, ret_gm):
         assert torch.allclose(ref, got, atol=1e-4), (ref - got).abs().max()
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("executorch", marks=slow), pytest.param("litert", marks=slow)])
 @pytest.mark.parametrize("task", ["rec", "retrieval"])
-def test_lean_step_is_exact(task, bundle, rec_gm, ret_gm):
+def test_lean_step_is_exact(task, backend, bundle, rec_gm, ret_gm):
     """The lean decoder (one position per level, KV cache reordered by parent beam) answers exactly
     what the eager model and the full-prefix graph answer: same top-10, scores within 1e-4."""
     gm, queries = rec_gm if task == "rec" else ret_gm
-    r = edge_gr.load(bundle(task, "onnxruntime", "fp32"), backend="onnxruntime")
+    r = edge_gr.load(bundle(task, backend, "fp32"), backend=backend)
     assert r._model.has_step and r.lean
     lean = r.search_many(queries, 10, beam=20)
     r.lean = False

@@ -33,6 +33,12 @@ class EtSession:
         self._pool = portable_lib._threadpool_get_thread_count
         prog = Runtime.get().load_program(Path(files["program"]))
         self.enc, self.dec = prog.load_method("encode"), prog.load_method("decode")
+        self._step = prog.load_method("step") if "step" in files else None
+        if self._step is not None:  # the self caches' (nh, L, hs), read from the method's inputs
+            meta = self._step.metadata
+            n_in = meta.num_inputs()
+            n_layers = (n_in - 3) // 4
+            self.cache_shapes = [tuple(meta.input_tensor_meta(i).sizes()[2:]) for i in range(3 + 2 * n_layers, n_in)]
 
     @property
     def threads(self) -> int:
@@ -47,6 +53,11 @@ class EtSession:
 
     def decode(self, prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray:
         return self.dec.execute([self._t(prefix.astype(np.int64, copy=False)), *(self._t(e) for e in enc)])[0].numpy()
+
+    def step(self, tok: np.ndarray, pos: int, enc: list[np.ndarray], cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        out = self._step.execute([self._t(tok.astype(np.int64, copy=False)), self._t(np.array([pos], dtype=np.int64)),
+                                  *(self._t(e) for e in enc), *(self._t(c) for c in cache)])
+        return out[0].numpy(), [o.numpy() for o in out[1:]]
 
 
 def open(files: dict[str, Path], *, threads: int | None = None) -> EtSession:  # noqa: A001

@@ -30,6 +30,13 @@ class LiteRtSession:
         self.dec_names = names
         shape = self.dec_in[names[0]]["shape"]  # prefix (N, B, L)
         self.static = {"batch": int(shape[0]), "beam": int(shape[1])}
+        self._step = self.it.get_signature_runner("step") if "step" in files else None
+        if self._step is not None:
+            ins = self._step.get_input_details()
+            self.step_names = sorted(ins, key=lambda s: int(s.rsplit("_", 1)[1]))
+            self.step_in = ins
+            n_layers = (len(self.step_names) - 3) // 4
+            self.cache_shapes = [tuple(int(x) for x in ins[n]["shape"][2:]) for n in self.step_names[3 + 2 * n_layers:]]
 
     def encode(self, src: np.ndarray) -> list[np.ndarray]:
         (name, d), = self.enc_in.items()
@@ -39,6 +46,13 @@ class LiteRtSession:
         args = [prefix, *enc]
         feed = {n: a.astype(self.dec_in[n]["dtype"], copy=False) for n, a in zip(self.dec_names, args)}
         return _ordered(self.dec(**feed))[0]
+
+
+    def step(self, tok: np.ndarray, pos: int, enc: list[np.ndarray], cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        args = [tok, np.array([pos], dtype=np.int64), *enc, *cache]
+        feed = {n: a.astype(self.step_in[n]["dtype"], copy=False) for n, a in zip(self.step_names, args)}
+        out = _ordered(self._step(**feed))
+        return out[0], out[1:]
 
 
 def open(files: dict[str, Path], *, threads: int | None = None) -> LiteRtSession:  # noqa: A001

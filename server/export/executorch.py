@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..model import GenerativeRetriever
-from ._common import dynamic_shapes, wrap
+from ._common import dynamic_shapes, step_dynamic_shapes, step_inputs, wrap
 
 __all__ = ["export_executorch", "MAX_BATCH", "MAX_BEAM"]
 
@@ -57,16 +57,19 @@ def export_executorch(model: GenerativeRetriever, out_dir: str | Path, precision
     model = copy.deepcopy(model)
     enc, dec, ea, da = wrap(model)
     es, ds = dynamic_shapes(model, MAX_BATCH, MAX_BEAM)
+    step, sa, ss = model.export_step_graph().eval(), step_inputs(model), step_dynamic_shapes(model, MAX_BATCH, MAX_BEAM)
     if precision == "int8":
-        enc, dec = _pt2e_int8(enc, ea, es), _pt2e_int8(dec, da, ds)
+        enc, dec, step = _pt2e_int8(enc, ea, es), _pt2e_int8(dec, da, ds), _pt2e_int8(step, sa, ss)
         ds = (ds[0], ds[1], *ds[2])  # the pt2e graph module takes flat arguments
+        ss = (ss[0], ss[1], ss[2], *ss[3])
     elif precision == "int4":
-        enc, dec = _int4(enc), _int4(dec)
+        enc, dec, step = _int4(enc), _int4(dec), _int4(step)
     with torch.no_grad():
         progs = {"encode": torch.export.export(enc, ea, dynamic_shapes=es, strict=False),
-                 "decode": torch.export.export(dec, da, dynamic_shapes=ds, strict=False)}
+                 "decode": torch.export.export(dec, da, dynamic_shapes=ds, strict=False),
+                 "step": torch.export.export(step, sa, dynamic_shapes=ss, strict=False)}
     et = to_edge_transform_and_lower(progs, partitioner=[XnnpackPartitioner()]).to_executorch()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "model.pte").write_bytes(et.buffer)
-    return {"program": "model.pte"}
+    return {"program": "model.pte", "step": "model.pte"}  # the lean step is the program's third method

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..model import GenerativeRetriever
-from ._common import wrap
+from ._common import step_inputs, wrap
 
 __all__ = ["export_litert", "STATIC_BATCH", "STATIC_BEAM"]
 
@@ -32,8 +32,9 @@ def export_litert(model: GenerativeRetriever, out_dir: str | Path, precision: st
     if precision not in ("fp32", "int8"):
         raise ValueError(f"litert variants are fp32 or int8, not {precision}")
     enc, dec, ea, da = wrap(model, n=batch, beam=beam)
+    step, sa = model.export_step_graph().eval(), step_inputs(model, n=batch, beam=beam)
     with torch.no_grad():
-        lm = litert_torch.signature("encode", enc, ea).signature("decode", dec, da).convert()
+        lm = litert_torch.signature("encode", enc, ea).signature("decode", dec, da).signature("step", step, sa).convert()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if precision == "fp32":
@@ -46,4 +47,4 @@ def export_litert(model: GenerativeRetriever, out_dir: str | Path, precision: st
             q = quantizer.Quantizer(str(Path(td) / "fp32.tflite"))
             q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
             q.quantize().export_model(str(out_dir / "model.tflite"), overwrite=True)
-    return {"program": "model.tflite"}
+    return {"program": "model.tflite", "step": "model.tflite"}  # the lean step is the third signature

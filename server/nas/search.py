@@ -185,6 +185,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--max-p99-ms", type=float, default=3.0)
     sp.add_argument("--max-mb", type=float, default=None)
     sp.add_argument("--eval-queries", type=int, default=300)
+    sp.add_argument("--epochs", type=int, default=None, help="override the preset's student epochs (each candidate's brief budget)")
     sp.add_argument("--device", default=None, help="torch device of the candidates' training (default: cuda if available)")
     sp.set_defaults(fn=_cmd)
 
@@ -201,6 +202,8 @@ def _cmd(args) -> None:
     p = _presets(spec)
     teacher = GenerativeModel.load(args.checkpoint, device=args.device)
     train = replace(p.student_train or p.train, device=args.device)
+    if args.epochs:
+        train = replace(train, epochs=args.epochs)
     cfg = NASConfig(trials=args.trials, max_p99_ms=args.max_p99_ms, max_mb=args.max_mb, eval_queries=args.eval_queries)
     doc = run_nas(teacher, _load(spec, p), args.task, cfg, args.out, sampler=getattr(p, "sampler", None), train=train)
     best = next(t for t in doc["trials"] if t["number"] == doc["chosen"])
