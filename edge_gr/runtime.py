@@ -50,6 +50,7 @@ class _Model:
         self.static = dict(getattr(self.session, "static", {}) or variant.static or {})
         # the lean decoder (role ``step``: one position per call, fixed-slot KV cache) where the variant has it
         self.has_step = "step" in variant.files and callable(getattr(self.session, "step", None))
+        self.dynamic_src = bool(getattr(self.session, "dynamic_src", False))  # encoder takes any text length <= max_len
 
     def _limits(self) -> tuple[int | None, int | None, bool, bool]:
         st = self.static
@@ -215,7 +216,10 @@ class Retriever:
 
     def _text_src(self, texts) -> np.ndarray:
         texts = [check_query(t) for t in texts]
-        return encode(self.tokenizer, texts, self.max_len, width=self.max_len)
+        if not self._model.dynamic_src:
+            return encode(self.tokenizer, texts, self.max_len, width=self.max_len)
+        src = encode(self.tokenizer, texts, self.max_len)  # the longest query's real length, not max_len: the same answer
+        return np.pad(src, ((0, 0), (0, 1))) if src.shape[1] < 2 else src
 
     def _decode(self, model: _Model, src: np.ndarray, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
         if model.has_step and self.lean:

@@ -28,6 +28,7 @@ class OrtSession:
         self.enc = ort.InferenceSession(str(files["encoder"]), so, providers=prov)
         self.dec = ort.InferenceSession(str(files["decoder"]), so, providers=prov)
         self.enc_in = self.enc.get_inputs()[0].name
+        self.dynamic_src = isinstance(self.enc.get_inputs()[0].shape[1], str)  # text length symbolic: feed the real length
         self.dec_in = [i.name for i in self.dec.get_inputs()]
         self.step_sess = ort.InferenceSession(str(files["step"]), so, providers=prov) if "step" in files else None
         if self.step_sess is not None:

@@ -141,7 +141,7 @@ def export_onnx(model: GenerativeRetriever, out_dir: str | Path, precision: str 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     enc, dec, ea, da = wrap(model)
-    es, ds = dynamic_shapes(model)
+    es, ds = dynamic_shapes(model, dynamic_src=True)
     enc_out, dec_in = io_names(model)
     files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "step": "step.onnx"}
     step_in, step_out = step_io(model)
@@ -149,7 +149,8 @@ def export_onnx(model: GenerativeRetriever, out_dir: str | Path, precision: str 
         stage = Path(td) if precision == "int8" else out_dir
         _export(enc, ea, stage / "encoder.onnx", ["src"], enc_out, es)
         _export(dec, da, stage / "decoder.onnx", dec_in, ["logits"], ds)
-        _export(model.export_step_graph().eval(), step_inputs(model), stage / "step.onnx", step_in, step_out, step_dynamic_shapes(model))
+        _export(model.export_step_graph().eval(), step_inputs(model), stage / "step.onnx", step_in, step_out,
+                step_dynamic_shapes(model, dynamic_src=True))
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
