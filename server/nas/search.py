@@ -4,7 +4,7 @@ Every trial: sample an architecture (:class:`~server.nas.space.SearchSpace`), di
 teacher (:func:`server.compress.distill.distill`, the data stream of the teacher's recipe), export it as
 an ONNX Runtime **int8** variant (what ships), load it with the device runtime at **one thread** and
 time one query at a time (lean decoder step). Objectives: validation quality (maximise) and p99 ms
-(minimise); constraints (Optuna's ``constraints_func``): p99 <= ``max_p99_ms``, size <= ``max_mb``.
+(minimise); constraints (``Trial.set_constraint``): p99 <= ``max_p99_ms``, size <= ``max_mb``.
 Every trial's measurements are user attributes, so the study (a ``JournalStorage`` file several
 workers can share) is the record. The device student is the feasible Pareto trial with the lowest
 
@@ -100,9 +100,6 @@ def run_nas(teacher, data, task: str, cfg: NASConfig, out_dir: str | Path, *, sa
     train = train or cfg.train
     src = data.split() if task == "rec" else data
 
-    def constraints(trial) -> list[float]:
-        return list(trial.user_attrs.get("constraints", [0.0]))
-
     def objective(trial) -> tuple[float, float]:
         scfg, beam = cfg.space.sample(trial)
         scfg = replace(scfg, max_len=teacher.model.cfg.max_len)
@@ -116,13 +113,13 @@ def run_nas(teacher, data, task: str, cfg: NASConfig, out_dir: str | Path, *, sa
         m["constraints"] = [(m["p99_ms"] - cfg.max_p99_ms) if cfg.max_p99_ms else 0.0, (m["size_mb"] - cfg.max_mb) if cfg.max_mb else 0.0]
         for k, v in m.items():
             trial.set_user_attr(k, v)
+        trial.set_constraint(m["constraints"])  # <= 0 is feasible (Optuna 5: read by NSGA-II)
         return m["quality"], m["p99_ms"]
 
     storage = JournalStorage(JournalFileBackend(str(out / "study.log")))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=f"edge-gr-{task}", storage=storage, load_if_exists=True, directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.NSGAIISampler(seed=cfg.seed, constraints_func=constraints,
-                                                                      population_size=max(4, min(50, cfg.trials // 2))))
+                                sampler=optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(50, cfg.trials // 2))))
     done = len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE])
     if cfg.trials > done:
         study.optimize(objective, n_trials=cfg.trials - done, show_progress_bar=cfg.progress)
