@@ -113,7 +113,8 @@ def run_nas(teacher, data, task: str, cfg: NASConfig, out_dir: str | Path, *, sa
         m["constraints"] = [(m["p99_ms"] - cfg.max_p99_ms) if cfg.max_p99_ms else 0.0, (m["size_mb"] - cfg.max_mb) if cfg.max_mb else 0.0]
         for k, v in m.items():
             trial.set_user_attr(k, v)
-        trial.set_constraint(m["constraints"])  # <= 0 is feasible (Optuna 5: read by NSGA-II)
+        for key, value in zip(("p99_ms_over_budget", "mb_over_budget"), m["constraints"]):
+            trial.set_constraint(key, value)  # <= 0 is feasible (Optuna 5: read by NSGA-II)
         return m["quality"], m["p99_ms"]
 
     storage = JournalStorage(JournalFileBackend(str(out / "study.log")))
