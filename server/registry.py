@@ -83,6 +83,21 @@ def lora_ratio(delta: VersionManifest, full: VersionManifest) -> float:
     return delta.size / max(1, full.size)
 
 
+@contextlib.contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that replaces it when the block ends without error (else is removed)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 class Registry:
     """Versions of one model under ``root`` (created if missing)."""
 
@@ -282,18 +297,10 @@ class Registry:
         atomically; ``server.generative.GenerativeModel.load(out)`` reads it."""
         state, aux = self.rebuild(version)
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-        try:
+        with _replacing(out) as tmp:
             write_tensors(tmp / CHECKPOINT_WEIGHTS, state)
             for name, p in aux.items():
                 shutil.copyfile(p, tmp / name)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     # -- the pointer -------------------------------------------------------------------
@@ -461,9 +468,7 @@ class Registry:
         needed = set().union(*rebuild.values()) if rebuild else set()
         steps = self._package_steps(from_version, to_version, known, needed) if needed else []
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-        try:
+        with _replacing(out) as tmp:
             shipped: dict[str, dict] = {}
             for f in tm.all_files():
                 if f.sha256 in have or f.path in rebuild or f.path in shipped:
@@ -485,12 +490,6 @@ class Registry:
                    "files": shipped, "steps": doc_steps, "rebuild": sorted(rebuild),
                    "tensors": {k: want[k].sha256 for k in sorted(needed)}}
             write_json_atomic(tmp / "update.json", doc)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())  # everything a device downloads, manifests included
         return out, size
 

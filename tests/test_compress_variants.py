@@ -111,3 +111,14 @@ def test_cli_compress_and_bad_variant(rec_model, tmp_path, capsys):
     re = GenerativeModel.load(tmp_path / "v" / "int8")
     assert re.recipe.precision == "int8" and (tmp_path / "v" / "int8" / "recipe.json").is_file()
     assert all(p.dtype == torch.float32 for p in re.model.state_dict().values() if p.is_floating_point())
+    # the compressed student reaches a bundle: its fp32 weights quantized by the backend, recorded as the variant's source
+    assert main(["export", "--checkpoint", str(tmp_path / "teacher"), "--source", f"student={tmp_path / 'v' / 'int8'}",
+                 "--out", str(tmp_path / "b"), "--variants", "onnxruntime:fp32,onnxruntime:int8@student"]) == 0
+    from edge_gr.bundle import load_manifest
+
+    by = {v.name: v for v in load_manifest(tmp_path / "b").variants}
+    assert by["onnxruntime-int8"].source["name"] == "student" and by["onnxruntime-fp32"].source["name"] == "model"
+    assert by["onnxruntime-int8"].source["params"] == re.model.n_params() and by["onnxruntime-int8"].recipe["precision"] == "int8"
+    assert main(["export", "--checkpoint", str(tmp_path / "teacher"), "--source", f"student={tmp_path / 'v' / 'int8'}",
+                 "--out", str(tmp_path / "b2"), "--variants", "onnxruntime:fp32@student"]) == 2  # its recipe is int8
+    assert "carries a int8 recipe" in capsys.readouterr().err

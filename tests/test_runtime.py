@@ -167,6 +167,11 @@ def test_rec_fallbacks_and_bad_input(bundle, rec_gm):
     assert [h.item_id for h in pop] == gm.popularity[:5] and all(np.isnan(h.score) for h in pop)
     assert [h.item_id for h in r.search(["nope", 7, None], 3)] == gm.popularity[:3]  # unknown ids dropped
     assert [h.item_id for h in r.search(queries[0] + ["nope"], 5)] == [h.item_id for h in r.search(queries[0], 5)]
+    # exclude_seen on the device answers what the cloud model answers (one Searcher protocol)
+    hist = queries[0]
+    dev = r.search(hist, 5, beam=20, exclude_seen=True)
+    assert not {h.item_id for h in dev} & set(hist)
+    assert [h.item_id for h in dev] == [h.item_id for h in gm.search(hist, 5, beam=20, exclude_seen=True)]
     with pytest.raises(InputError, match="history"):
         r.search("some text")
 

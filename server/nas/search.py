@@ -89,14 +89,13 @@ def run_nas(teacher, data, task: str, cfg: NASConfig, out_dir: str | Path, *, sa
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from ..build import validation_inputs
+    from ..build import _eager, validation_inputs
     from ..compress.distill import DistillConfig, distill
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     inputs, rel = validation_inputs(task, data, cfg.eval_queries)
-    teacher_q = _quality(task, [[i for i, _ in r] for r in (teacher.rank_texts(inputs, 10, beam=20) if task == "retrieval"
-                                                           else teacher.rank(inputs, 10, beam=20))], rel)
+    teacher_q = _quality(task, _eager(teacher, task, inputs), rel)
     train = train or cfg.train
     src = data.split() if task == "rec" else data
 
