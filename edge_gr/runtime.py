@@ -43,11 +43,13 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 class _Model:
     """A loaded variant: session + the padding its static shapes need."""
 
-    def __init__(self, variant: Variant, root: Path, threads: int | None):
+    def __init__(self, variant: Variant, root: Path, threads: int | None, max_len: int):
         files = {role: root / f.path for role, f in variant.files.items()}
         self.variant = variant
         self.session = _backends.open_session(variant.backend, files, threads=threads)
         self.static = dict(getattr(self.session, "static", {}) or variant.static or {})
+        # the encoder input length of this variant (a student may read a shorter history than the bundle's max_len)
+        self.max_len = int((variant.static or {}).get("max_len") or max_len)
         # the lean decoder (role ``step``: one position per call, fixed-slot KV cache) where the variant has it
         self.has_step = "step" in variant.files and callable(getattr(self.session, "step", None))
         self.dynamic_src = bool(getattr(self.session, "dynamic_src", False))  # encoder takes any text length <= max_len
@@ -126,7 +128,7 @@ class Retriever:
         self._lock = threading.Lock()
         self.lean = True  # use a variant's lean decoder step when it has one (False: the full-prefix graph, for comparison)
         rt = manifest.runtime
-        self.task, self.levels, self.max_len = manifest.task, tuple(rt.levels), rt.max_len
+        self.task, self.levels = manifest.task, tuple(rt.levels)
         self._offsets = np.concatenate([[0], np.cumsum(self.levels)[:-1]]).astype(np.int64)
         self.ids = SemanticIds.load(root / manifest.files["ids"].path)
         self._titles: dict[str, str] = {}
@@ -154,6 +156,11 @@ class Retriever:
     def threads(self) -> int:
         """CPU threads the serving variant's backend reports it runs on (0 = the backend's default pool)."""
         return int(getattr(self._model.session, "threads", 0) or 0)
+
+    @property
+    def max_len(self) -> int:
+        """Encoder input length of the serving variant (rec: the newest ``max_len`` history items are read)."""
+        return int(getattr(self._model, "max_len", 0) or self.manifest.runtime.max_len)  # stand-in models lack it
 
     @property
     def variant(self) -> str:
@@ -185,12 +192,13 @@ class Retriever:
         k = min(k, len(self.ids))
         want = min(max(beam, k), len(self.ids)) if exclude else k  # seen items are dropped from the top `beam`
         beam = max(beam, want)
-        src = self._rec_src(queries) if self.task == "rec" else self._text_src(queries)
+        with self._lock:
+            model = self._model
+        n = int(getattr(model, "max_len", 0) or self.manifest.runtime.max_len)
+        src = self._rec_src(queries, n) if self.task == "rec" else self._text_src(queries, model, n)
         live = np.flatnonzero((src != 0).any(1))
         out: list[list[Hit]] = [[] for _ in queries]
         if len(live):
-            with self._lock:
-                model = self._model
             items, scores = self._decode(model, src[live], want, beam)
             for r, ir, sr in zip(live, items, scores):
                 seen = set(queries[r]) if exclude else ()
@@ -203,22 +211,22 @@ class Retriever:
     def _hit(self, item: str, score: float) -> Hit:
         return Hit(item, score, self._titles.get(item, ""))
 
-    def _rec_src(self, histories) -> np.ndarray:
-        src = np.zeros((len(histories), self.max_len), dtype=np.int64)
+    def _rec_src(self, histories, max_len: int) -> np.ndarray:
+        src = np.zeros((len(histories), max_len), dtype=np.int64)
         for r, h in enumerate(histories):
             if isinstance(h, (str, bytes)) or not isinstance(h, Sequence):
                 raise InputError("a recommender takes a history (a list of item ids, oldest first), not text",
                                  hint="pass e.g. ['Toy Story (1995)']")
-            rows = [self.ids._index[i] + 1 for i in h if isinstance(i, str) and i in self.ids._index][-self.max_len:]
+            rows = [self.ids._index[i] + 1 for i in h if isinstance(i, str) and i in self.ids._index][-max_len:]
             if rows:
-                src[r, self.max_len - len(rows):] = rows
+                src[r, max_len - len(rows):] = rows
         return src
 
-    def _text_src(self, texts) -> np.ndarray:
+    def _text_src(self, texts, model: _Model, max_len: int) -> np.ndarray:
         texts = [check_query(t) for t in texts]
-        if not getattr(self._model, "dynamic_src", False):
-            return encode(self.tokenizer, texts, self.max_len, width=self.max_len)
-        src = encode(self.tokenizer, texts, self.max_len)  # the longest query's real length, not max_len: the same answer
+        if not getattr(model, "dynamic_src", False):
+            return encode(self.tokenizer, texts, max_len, width=max_len)
+        src = encode(self.tokenizer, texts, max_len)  # the longest query's real length, not max_len: the same answer
         return np.pad(src, ((0, 0), (0, 1))) if src.shape[1] < 2 else src
 
     def _decode(self, model: _Model, src: np.ndarray, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
@@ -262,8 +270,8 @@ def _open(variant: Variant, root: Path, threads: int | None, r: Retriever | None
     """Open a variant and run one tiny query through it, so a broken file fails here, not mid-request."""
     rt = (manifest or r.manifest).runtime
     try:
-        model = _Model(variant, root, threads)
-        enc = model.encode(np.ones((1, rt.max_len), dtype=np.int64))
+        model = _Model(variant, root, threads, rt.max_len)
+        enc = model.encode(np.ones((1, model.max_len), dtype=np.int64))
         model.decode(np.zeros((1, 1, len(rt.levels)), dtype=np.int64), enc)
     except (BackendUnavailableError, InputError):
         raise

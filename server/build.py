@@ -300,7 +300,9 @@ def build(spec: BuildSpec) -> Path:
 
         def make_student():
             teacher.model.to(spec.device)
-            st_cfg = replace(p.student, max_len=teacher.model.cfg.max_len)  # one input length per bundle
+            # retrieval: one text length per bundle; rec: a student may read a shorter history (edge-gr nas searches it)
+            tmax = teacher.model.cfg.max_len
+            st_cfg = replace(p.student, max_len=min(p.student.max_len, tmax) if spec.task == "rec" else tmax)
             gm = distill(teacher, st_cfg, data.split() if spec.task == "rec" else data, dcfg, strain, sampler=getattr(p, "sampler", None))
             teacher.model.to("cpu")
             gm.meta["dataset"] = spec.data

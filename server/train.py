@@ -146,14 +146,15 @@ class _Ema:
 
 
 def fit(model: torch.nn.Module, make_batches: Callable[[int], list], evaluate: Callable[[], float] | None,
-         cfg: TrainConfig, desc: str) -> tuple[dict, list[dict]]:
+         cfg: TrainConfig, desc: str, *, on_epoch: Callable[[dict], bool] | None = None) -> tuple[dict, list[dict]]:
     """Generic loop: AdamW (fused on CUDA) + warm-up + cosine over the step or time budget, bf16
     autocast on CUDA, optional EMA of the weights; keeps the state with the best validation
     metric. Returns that state and a per-epoch log (loss, valid, examples/s, GPU utilisation).
 
     ``make_batches(epoch)`` returns the epoch's batches (a list, or a sized lazy sequence that
     supports ``[rank::world]``); ``make_batches(-1)`` only sizes an epoch. A time budget
-    (``cfg.max_minutes``) is checked after every step, so no epoch can overrun it."""
+    (``cfg.max_minutes``) is checked after every step, so no epoch can overrun it. ``on_epoch(entry)``
+    (optional) sees each epoch's log entry and returns True to stop early (e.g. a successive-halving pruner)."""
     rank, world = _dist()
     dev = torch.device(cfg.device)
     model.to(dev)
@@ -224,6 +225,9 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], list], evaluate: C
             tqdm.write(f"{desc} epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
         stop = stop or (evaluate is not None and bad >= cfg.patience and world == 1) or (
             budget_s is not None and time.time() - t0 >= budget_s)
+        if on_epoch is not None and rank == 0 and not stop and epoch + 1 < cfg.epochs and on_epoch(entry):
+            entry["stopped_by"] = "on_epoch"
+            stop = True
         if world > 1:  # every rank must agree to stop
             flag = torch.tensor([1.0 if stop else 0.0], device=dev if dev.type == "cuda" else "cpu")
             dist.broadcast(flag, 0)

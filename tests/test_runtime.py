@@ -176,6 +176,30 @@ def test_rec_fallbacks_and_bad_input(bundle, rec_gm):
         r.search("some text")
 
 
+def test_student_with_a_shorter_history_in_the_same_bundle(rec_gm, tmp_path):
+    """A rec student reading only the newest 6 items (a NAS choice) ships beside the 12-item teacher: the runtime
+    feeds each variant its own length, and both answer what their eager models answer."""
+    from server.compress.distill import student_model
+    from server.generative import GenerativeModel
+
+    gm, queries = rec_gm
+    short = GenerativeModel(student_model(gm, GRConfig(d_model=16, n_heads=2, max_len=6, n_enc_layers=1, n_dec_layers=1)), gm.ids,
+                            gm.items, popularity=list(gm.popularity))
+    short.model.eval()
+    path = export_bundle(gm, tmp_path / "b", [("onnxruntime", "fp32"), ("onnxruntime", "int8", "student")], sources={"student": short})
+    v = load_manifest(path).variant("onnxruntime-int8")
+    assert v.static["max_len"] == 6 and load_manifest(path).runtime.max_len == 12
+    r = edge_gr.load(path, variant="onnxruntime-fp32")
+    assert r.max_len == 12 and [[h.item_id for h in hs] for hs in r.search_many(queries, 10)] == [[i for i, _ in gm.search(q, 10)] for q in queries]
+    r.switch("onnxruntime-int8")
+    assert r.max_len == 6
+    got = [[h.item_id for h in hs] for hs in r.search_many(queries, 10)]
+    ref = [[i for i, _ in short.search(q, 10)] for q in queries]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)]) >= 0.9
+    # only the newest 6 items matter to the student
+    assert [h.item_id for h in r.search(["i0", "i1", "i2"] + queries[0][-6:], 10)] == [h.item_id for h in r.search(queries[0][-6:], 10)]
+
+
 def test_archive_and_switch(bundle, ret_gm, tmp_path):
     src = bundle("retrieval", "onnxruntime", "fp32")
     two = tmp_path / "two"

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # server.train imports the data layer; keep this module light
     from server.sampling import SamplerConfig
     from server.train import TrainConfig
 
-__all__ = ["kd_loss", "listwise_rank_loss", "hard_negative_loss", "DistillConfig", "Distiller", "RecDistiller", "teacher_beams", "distill"]
+__all__ = ["kd_loss", "listwise_rank_loss", "hard_negative_loss", "DistillConfig", "Distiller", "RecDistiller", "teacher_beams", "student_model", "distill"]
 
 
 def _check_common(alpha: float, temperature: float) -> None:
@@ -347,8 +347,25 @@ def _attach_beams(make_batches, beams, cfg: DistillConfig, seed: int):
     return with_beams
 
 
+def student_model(teacher: "GenerativeModel", student: "GRConfig") -> "GenerativeRetriever":
+    """A fresh (untrained) student of ``student``'s shape on the teacher's IDs, items and tokenizer
+    (retrieval students read the teacher's text length; a rec student may read a shorter history)."""
+    from server.model import GenerativeRetriever
+
+    scfg = copy.deepcopy(student)
+    scfg.task, scfg.levels = teacher.task, tuple(teacher.ids.levels)
+    if teacher.task == "rec":
+        scfg.n_items = len(teacher.ids)
+        scfg.max_len = min(scfg.max_len, teacher.model.cfg.max_len)
+        return GenerativeRetriever(scfg, codes=torch.from_numpy(teacher.ids.codes))
+    scfg.vocab_size = teacher.tokenizer.get_vocab_size()
+    scfg.max_len = teacher.model.cfg.max_len
+    return GenerativeRetriever(scfg)
+
+
 def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever", data: "RecSplit | RetrievalData",
-            cfg: DistillConfig, train_cfg: "TrainConfig", *, sampler: "SamplerConfig | None" = None) -> "GenerativeModel":
+            cfg: DistillConfig, train_cfg: "TrainConfig", *, sampler: "SamplerConfig | None" = None,
+            on_epoch=None) -> "GenerativeModel":
     """Train a student from ``teacher`` (either task) and return it as a :class:`GenerativeModel`.
 
     ``student``: a :class:`GRConfig` (a fresh model of any width / depth is built with the teacher's
@@ -359,6 +376,8 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
     Recall@10 on ``valid``) and early stopping as ``train_rec`` / ``train_retrieval``; the loss is
     :class:`Distiller`'s. ``meta["log"]`` holds the per-epoch log. Retrieval with a ``sampler``:
     the batches are cut afresh every step as in ``train_retrieval`` (``train_cfg.steps_per_epoch`` per epoch).
+    ``on_epoch(entry) -> bool`` (optional) stops training early (:func:`server.train.fit`; the NAS's
+    successive halving).
 
     >>> gm = distill(teacher, GRConfig(d_model=128, n_enc_layers=2, n_dec_layers=2), split,
     ...              DistillConfig(alpha=0.5, rank_weight=0.5), TrainConfig(epochs=5))   # doctest: +SKIP
@@ -378,15 +397,7 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
         if model.cfg.task != task:
             raise InputError(f"student is a {model.cfg.task} model, teacher a {task} model", hint="pass a student of the teacher's task")
     else:
-        scfg = copy.deepcopy(student)
-        scfg.task, scfg.levels = task, tuple(ids.levels)
-        if task == "rec":
-            scfg.n_items = len(ids)
-            model = GenerativeRetriever(scfg, codes=torch.from_numpy(ids.codes))
-        else:
-            scfg.vocab_size = teacher.tokenizer.get_vocab_size()
-            scfg.max_len = teacher.model.cfg.max_len
-            model = GenerativeRetriever(scfg)
+        model = student_model(teacher, student)
     scfg = model.cfg
     t_model = teacher.model.to(train_cfg.device)
     net = Distiller(t_model, model, cfg)
@@ -441,7 +452,8 @@ def distill(teacher: "GenerativeModel", student: "GRConfig | GenerativeRetriever
         beams = None
 
     gm = GenerativeModel(model, ids, teacher.items, tokenizer=teacher.tokenizer, popularity=list(teacher.popularity))
-    _, log = fit(net, _attach_beams(make_batches, beams, cfg, train_cfg.seed), evaluate if has_eval else None, train_cfg, "distill")
+    _, log = fit(net, _attach_beams(make_batches, beams, cfg, train_cfg.seed), evaluate if has_eval else None, train_cfg, "distill",
+                 on_epoch=on_epoch)
     gm.model = model.eval()
     gm.meta = {"train": asdict(train_cfg), "distill": asdict(cfg), "teacher_params": t_model.n_params(),
                "n_examples": int(n_examples), "n_beam_inputs": 0 if beams is None else int(len(beams[0])), "log": log}

@@ -104,14 +104,17 @@ def source_record(name: str, gm: GenerativeModel) -> dict:
 
 
 def _check_compatible(main: GenerativeModel, name: str, other: GenerativeModel) -> None:
-    """A bundle has one set of IDs, one catalogue, one tokenizer and one input length for all its variants."""
+    """A bundle has one set of IDs, one catalogue and one tokenizer for all its variants; a rec variant may read a
+    shorter history than the main model (its ``static["max_len"]``), a retrieval variant reads the same text length."""
     a, b = main.model.cfg, other.model.cfg
-    same = (a.task == b.task and tuple(a.levels) == tuple(b.levels) and a.max_len == b.max_len and len(main.ids) == len(other.ids)
+    length_ok = b.max_len <= a.max_len if a.task == "rec" else a.max_len == b.max_len
+    same = (a.task == b.task and tuple(a.levels) == tuple(b.levels) and length_ok and len(main.ids) == len(other.ids)
             and (main.ids.codes == other.ids.codes).all() and [i.id for i in main.items] == [i.id for i in other.items]
             and (main.tokenizer is None) == (other.tokenizer is None)
             and (main.tokenizer is None or main.tokenizer.to_str() == other.tokenizer.to_str()))
     if not same:
-        raise InputError(f"source {name!r} does not share the main model's task, IDs, catalogue, tokenizer and max_len",
+        raise InputError(f"source {name!r} does not share the main model's task, IDs, catalogue, tokenizer and max_len "
+                         "(rec: at most the main model's)",
                          hint="export a student distilled from this teacher (edge-gr compress / edge-gr build), or a separate bundle")
 
 
@@ -174,6 +177,8 @@ def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Seq
                 from .executorch import MAX_BATCH, MAX_BEAM
 
                 static = {"max_batch": MAX_BATCH, "max_beam": MAX_BEAM}
+            if model.cfg.max_len != cfg.max_len:  # a student reading a shorter history (the runtime feeds it that many)
+                static["max_len"] = model.cfg.max_len
             w.add_variant(name, s.backend, s.precision, {role: (rel / f).as_posix() for role, f in files.items()},
                           static=static, metrics=(metrics or {}).get(name, {}), recipe=backend_recipe(s.backend, s.precision),
                           source=records[src_name])
