@@ -3,6 +3,7 @@
 # the #12 teacher on the GPU, exported (ONNX Runtime int8) and timed on the host's CPU at one thread,
 # each worker pinned to its own core (`edge-gr nas --workers`, one JournalStorage study per task).
 #   STAGE=nas   both studies side by side; brings back study.log / nas.json / student.json / pareto.png
+#   STAGE=final the ML-1M study beside the Bible build of its study's choice (the GPU minutes of one session)
 #   STAGE=build `edge-gr build --student-config` of the chosen students (--stop-after student): the
 #               export + verify stages then run on the CPU machine with the same --work.
 # Needs .cache/gpu_nas/{bible,ml-1m} (data), teachers.tgz (rec-teacher, retrieval-teacher), whl/ (onnxscript,
@@ -26,6 +27,17 @@ nas)
     > $S/logs/nas-ml-1m.log 2>&1 &
   wait
   for t in bible ml-1m; do mkdir -p $OUT/nas-$t; cp $S/nas-$t/{study.log,nas.json,student.json,pareto.png} $OUT/nas-$t/ 2>/dev/null; done
+  ;;
+final)  # the ML-1M study (cores 0-11) beside the Bible build of the architecture its study chose (cores 12-15)
+  taskset -c 0-11 timeout ${HARD_STOP:-560} python3 -m server.cli nas --task rec --data $G/ml-1m --checkpoint $S/rec-teacher \
+    --preset full --device cuda --out $S/nas-ml-1m --workers 6 --trials ${TRIALS:-40} --budget ${REC_BUDGET:-6} --epochs 3 \
+    > $S/logs/nas-ml-1m.log 2>&1 &
+  OMP_NUM_THREADS=4 taskset -c 12-15 python3 -m server.cli build --task retrieval --data $G/bible --checkpoint $S/retrieval-teacher \
+    --preset full --device cuda --student-config $G/bible.student.json --student-minutes ${BIBLE_MINUTES:-7} \
+    --out $S/bible --work $S/bible.build --stop-after student > $S/logs/bible.log 2>&1 &
+  wait
+  mkdir -p $OUT/nas-ml-1m; cp $S/nas-ml-1m/{study.log,nas.json,student.json,pareto.png} $OUT/nas-ml-1m/ 2>/dev/null
+  (cd $S && tar -czf - bible.build | split -b 15M - $OUT/bible-student.part.)
   ;;
 build)
   b() {  # task data teacher name

@@ -7,6 +7,7 @@ A bundle is a folder (or a single ``.tar`` of that folder) with one versioned
       manifest.json          BundleManifest (format "edge-gr-bundle", format_version 1)
       ids.json               semantic IDs + trie source (edge_gr.ids format)
       catalogue.jsonl        {"id", "title", "meta"} per item
+      index.safetensors      the same IDs, trie and catalogue line offsets as arrays (edge_gr.catalogue; fast load)
       tokenizer.json         retrieval only (HuggingFace tokenizers)
       popularity.json        rec only: fallback ranking for empty / unknown histories
       variants/<name>/...    one model per backend x precision (encoder + decoder step)
@@ -34,12 +35,12 @@ import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 from .errors import BundleError
 
 __all__ = ["PRECISIONS", "BundleManifest", "FileEntry", "Variant", "RuntimeSpec", "BundleWriter", "load_manifest", "open_bundle",
-           "write_archive", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST"]
+           "write_archive", "verify_files", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST"]
 
 FORMAT_NAME = "edge-gr-bundle"
 FORMAT_VERSION = 1
@@ -270,8 +271,16 @@ def _read_manifest(root: Path) -> BundleManifest:
     return BundleManifest.from_dict(doc)
 
 
-def _verify(root: Path, m: BundleManifest) -> None:
-    for f in m.all_files():
+def _verify(root: Path, m: BundleManifest, variants: Sequence[str] | None = None) -> None:
+    """Every file of the manifest, or (``variants`` given) the shared files and those variants' files only."""
+    files = m.all_files() if variants is None else list(m.files.values()) + [f for n in variants for f in m.variant(n).files.values()]
+    verify_files(root, files)
+
+
+def verify_files(root: str | os.PathLike, files) -> None:
+    """Check each :class:`FileEntry` (inside the bundle, present, size, sha256); :class:`BundleError` names the first bad one."""
+    root = Path(root)
+    for f in files:
         p = (root / f.path).resolve()
         if root.resolve() not in p.parents:
             raise BundleError(f"{MANIFEST} lists {f.path!r}, which is outside the bundle", hint=_REBUILD)
@@ -285,24 +294,27 @@ def _verify(root: Path, m: BundleManifest) -> None:
                               hint=f"copy the whole bundle again or {_REBUILD}")
 
 
-def load_manifest(path: str | os.PathLike, *, verify: bool = True) -> BundleManifest:
-    """Read and (by default) fully verify the manifest of a bundle folder."""
+def load_manifest(path: str | os.PathLike, *, verify: bool = True, variants: Sequence[str] | None = None) -> BundleManifest:
+    """Read and (by default) fully verify the manifest of a bundle folder (``variants``: verify the shared files
+    and only these variants' files, e.g. ``()`` before loading one variant and checking it alone)."""
     root = Path(path)
     m = _read_manifest(root)
     if verify:
-        _verify(root, m)
+        _verify(root, m, variants)
     return m
 
 
-def open_bundle(path: str | os.PathLike) -> tuple[BundleManifest, Path, tempfile.TemporaryDirectory | None]:
-    """Verify a bundle folder or ``.tar`` archive; return ``(manifest, root, tempdir-or-None)``.
+def open_bundle(path: str | os.PathLike, *, variants: Sequence[str] | None = None
+                ) -> tuple[BundleManifest, Path, tempfile.TemporaryDirectory | None]:
+    """Verify a bundle folder or ``.tar`` archive (all of it, or the shared files + ``variants``' files);
+    return ``(manifest, root, tempdir-or-None)``.
 
     An archive is unpacked (with tarfile's ``data`` filter: no links, no paths outside)
     into a temporary folder that lives as long as the returned handle.
     """
     path = Path(path)
     if path.is_dir():
-        return load_manifest(path), path, None
+        return load_manifest(path, variants=variants), path, None
     if not path.exists():
         raise BundleError(f"no bundle at {path}", hint=_REBUILD)
     if not tarfile.is_tarfile(path):
@@ -315,7 +327,7 @@ def open_bundle(path: str | os.PathLike) -> tuple[BundleManifest, Path, tempfile
         td.cleanup()
         raise BundleError(f"{path} cannot be unpacked ({e})", hint=f"copy the archive again or {_REBUILD}") from None
     try:
-        return load_manifest(td.name), Path(td.name), td
+        return load_manifest(td.name, variants=variants), Path(td.name), td
     except BaseException:
         td.cleanup()
         raise

@@ -118,6 +118,19 @@ class SemanticIds:
             raise FormatError("two items share a semantic ID", hint="rebuild the IDs: the last level must be collision-free")
         self._index = {item: i for i, item in enumerate(self.items)}
 
+    @classmethod
+    def trusted(cls, items: list[str], codes: np.ndarray, levels: tuple[int, ...], meta: dict | None = None) -> "SemanticIds":
+        """Build from arrays already checked when they were written (a hash-verified bundle index): only the
+        shape is checked here, not uniqueness (a sort of every ID), so a large catalogue loads in milliseconds."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape != (len(items), len(levels)):
+            raise FormatError(f"codes must have shape (n_items={len(items)}, L={len(levels)}), got {codes.shape}",
+                              hint="re-export the bundle")
+        self = cls.__new__(cls)
+        self.items, self.codes, self.levels, self.meta = items, codes, tuple(int(k) for k in levels), meta or {}
+        self._index = {item: i for i, item in enumerate(items)}
+        return self
+
     # -- lookups -----------------------------------------------------------
     def __len__(self) -> int:
         return len(self.items)

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from . import backends as _backends
-from .bundle import BundleManifest, Variant, open_bundle
+from .bundle import BundleManifest, Variant, open_bundle, verify_files
 from .decode import beam_search
 from .errors import BackendUnavailableError, BundleError, InputError
 from .ids import SemanticIds
@@ -35,9 +35,10 @@ __all__ = ["load", "Retriever", "Hit"]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
+    """float32 log-softmax over the last axis (one pass: max, exp-sum, subtract)."""
+    x = np.asarray(x, dtype=np.float32)
     m = x.max(-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+    return x - (m + np.log(np.exp(x - m).sum(-1, keepdims=True)))
 
 
 class _Model:
@@ -130,13 +131,20 @@ class Retriever:
         rt = manifest.runtime
         self.task, self.levels = manifest.task, tuple(rt.levels)
         self._offsets = np.concatenate([[0], np.cumsum(self.levels)[:-1]]).astype(np.int64)
-        self.ids = SemanticIds.load(root / manifest.files["ids"].path)
-        self._titles: dict[str, str] = {}
-        with open(root / manifest.files["catalogue"].path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    rec = json.loads(line)
-                    self._titles[rec["id"]] = rec.get("title", "")
+        cat = root / manifest.files["catalogue"].path
+        if "index" in manifest.files:  # the compact index: arrays, titles parsed only for the hits
+            from .catalogue import load_index
+
+            self.ids, self._title = load_index(root / manifest.files["index"].path, cat)
+        else:  # older bundles: parse ids.json and every catalogue line
+            self.ids = SemanticIds.load(root / manifest.files["ids"].path)
+            titles: dict[str, str] = {}
+            with open(cat, encoding="utf-8") as f:
+                for line in f:
+                    if line.strip():
+                        rec = json.loads(line)
+                        titles[rec["id"]] = rec.get("title", "")
+            self._title = lambda item: titles.get(item, "")
         self.popularity: list[str] = []
         if "popularity" in manifest.files:
             self.popularity = json.loads((root / manifest.files["popularity"].path).read_text())
@@ -169,7 +177,9 @@ class Retriever:
 
     def switch(self, variant: str) -> None:
         """Serve ``variant`` from now on. It is loaded and test-run first; if that fails the old one keeps serving."""
-        new = _open(self.manifest.variant(variant), self.root, self._threads, self)
+        v = self.manifest.variant(variant)
+        verify_files(self.root, v.files.values())  # load verified only the serving variant's files
+        new = _open(v, self.root, self._threads, self)
         with self._lock:
             self._model = new
 
@@ -209,7 +219,7 @@ class Retriever:
         return out
 
     def _hit(self, item: str, score: float) -> Hit:
-        return Hit(item, score, self._titles.get(item, ""))
+        return Hit(item, score, self._title(item))
 
     def _rec_src(self, histories, max_len: int) -> np.ndarray:
         src = np.zeros((len(histories), max_len), dtype=np.int64)
@@ -258,8 +268,12 @@ class Retriever:
                 st["cache"] = [np.zeros((n, b, *s), dtype=np.float32) for s in model.session.cache_shapes]
             else:
                 tok = prefix[:, :, -1] + off[l - 1] + 1
-                rows = np.arange(n)[:, None]
-                st["cache"] = [c[rows, st["parent"]] for c in st["cache"]]
+                par = st["parent"]
+                if n == 1:  # one query (the phone's case): a plain take along the beam axis
+                    st["cache"] = [c.take(par[0], axis=1) for c in st["cache"]]
+                else:
+                    rows = np.arange(n)[:, None]
+                    st["cache"] = [c[rows, par] for c in st["cache"]]
             logits, st["cache"] = model.step(tok, l, enc, st["cache"])
             return _log_softmax(logits[..., off[l]:off[l] + self.levels[l]])
 
@@ -288,7 +302,7 @@ def load(path: str | os.PathLike, backend: str = "auto", variant: str | None = N
     tries executorch, onnxruntime, litert, torch in that order and takes the first whose
     package is installed. ``threads`` caps the backend's CPU threads (None = its default).
     """
-    manifest, root, keep = open_bundle(path)
+    manifest, root, keep = open_bundle(path, variants=())  # the shared files now, a variant's own files when it is chosen
     if variant is not None:
         chosen = [manifest.variant(variant)]
     else:
@@ -301,6 +315,7 @@ def load(path: str | os.PathLike, backend: str = "auto", variant: str | None = N
         if backend == "auto" and variant is None:
             if not _backends.available(v.backend) or v.backend in errors:
                 continue
+        verify_files(root, v.files.values())
         try:
             model = _open(v, root, threads, manifest=manifest)
         except BackendUnavailableError:

@@ -61,6 +61,7 @@ class BuildSpec:
     student: bool = True                         # distil the preset's student
     stop_after: str | None = None                # ids | teacher | student: train here (e.g. on a GPU host), export elsewhere
     student_config: str | None = None            # a student.json (edge-gr nas) replacing the preset's student
+    student_minutes: float | None = None         # cap of the student's training time (default: the preset's)
     work: str | None = None                      # stage artifacts (default: OUT.build next to OUT)
     min_overlap: float = 0.5                     # verify: a variant's top-10 overlap with eager below this fails
     verify_queries: int = 200
@@ -294,6 +295,8 @@ def build(spec: BuildSpec) -> Path:
     if any(src == "student" for *_, src in variants):
         student_dir = work / "student"
         strain = replace(p.student_train or p.train, device=spec.device, progress=spec.progress)
+        if spec.student_minutes:
+            strain = replace(strain, max_minutes=spec.student_minutes)
         dcfg = DistillConfig(alpha=0.5, temperature=2.0)  # KD + hard labels: the compress default (docs/compression.md)
         stage_key = _hash(teacher_key, asdict(p.student), {k: v for k, v in asdict(strain).items() if k not in ("progress", "device")},
                           asdict(dcfg), asdict(p.sampler) if getattr(p, "sampler", None) else None)
@@ -346,6 +349,7 @@ def add_parser(sub) -> None:
     sp.add_argument("--min-overlap", type=float, default=0.5, help="fail if a variant's top-10 overlap with the eager model is lower")
     sp.add_argument("--verify-queries", type=int, default=200, help="validation queries (users) each variant is checked on")
     sp.add_argument("--student-config", default=None, help="student.json from `edge-gr nas` (replaces the preset's student)")
+    sp.add_argument("--student-minutes", type=float, default=None, help="cap the student's training time (minutes; part of the stage key)")
     sp.set_defaults(fn=_cmd_build)
 
 
@@ -362,7 +366,8 @@ def _cmd_build(args) -> None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     spec = BuildSpec(task=args.task, data=args.data, out=args.out, preset=args.preset, variants=variants, device=args.device,
                      work=args.work, min_overlap=args.min_overlap, teacher=args.teacher, student=not args.no_student,
-                     stop_after=args.stop_after, verify_queries=args.verify_queries, student_config=args.student_config)
+                     stop_after=args.stop_after, verify_queries=args.verify_queries, student_config=args.student_config,
+                     student_minutes=args.student_minutes)
     out = build(spec)
     if args.stop_after:
         print(f"stopped after {args.stop_after}; stage artifacts in {out}")

@@ -96,3 +96,17 @@ def test_ids_reject_bad_input():
         SemanticIds(["a"], np.array([[0]]), (1,)).index("zzz")
     with pytest.raises(InputError, match="one embedding row per item"):
         build_ids(["a", "b"], np.zeros((3, 4)), levels=(2,))
+
+
+def test_partial_top_equals_a_stable_full_sort_with_ties_and_nan():
+    """The beam's top-B comes from a partition, not a full sort: same columns in the same order, ties included."""
+    from edge_gr.decode import _top
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        m, w = int(rng.integers(65, 700)), int(rng.integers(1, 40))
+        x = rng.integers(-6, 3, size=(3, m)).astype(np.float32) if trial % 2 else rng.normal(size=(3, m)).astype(np.float32)
+        x[0, rng.integers(0, m, 5)] = np.nan
+        x[1, rng.integers(0, m, 5)] = -np.inf
+        ref = np.argsort(-x, axis=1, kind="stable")[:, :w]
+        assert (_top(x, w) == ref).all(), trial

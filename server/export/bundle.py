@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 from edge_gr.bundle import BundleWriter, RuntimeSpec, write_archive
+from edge_gr.catalogue import catalogue_lines, index_bytes
 from edge_gr.errors import InputError
 
 from ..compress.recipe import backend_recipe
@@ -86,7 +87,7 @@ def parse_variants(spec: str) -> list[VariantSpec]:
 
 
 def _catalogue_jsonl(gm: GenerativeModel) -> bytes:
-    return "".join(json.dumps({"id": i.id, "title": i.text, "meta": i.meta}, ensure_ascii=False) + "\n" for i in gm.items).encode()
+    return catalogue_lines((i.id, i.text, i.meta) for i in gm.items)
 
 
 def source_record(name: str, gm: GenerativeModel) -> dict:
@@ -158,7 +159,9 @@ def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Seq
         ids_path = w.root / "ids.json"
         gm.ids.save(ids_path)
         w.add_file("ids", "ids.json", ids_path)
-        w.add_file("catalogue", "catalogue.jsonl", _catalogue_jsonl(gm))
+        cat = _catalogue_jsonl(gm)
+        w.add_file("catalogue", "catalogue.jsonl", cat)
+        w.add_file("index", "index.safetensors", index_bytes(gm.ids, cat))  # the same IDs + catalogue offsets as arrays
         if gm.tokenizer is not None:
             w.add_file("tokenizer", "tokenizer.json", gm.tokenizer.to_str().encode())
         if gm.popularity:

@@ -128,6 +128,9 @@ def _studies(out: Path, task: str, cfg: NASConfig):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=f"edge-gr-{task}", storage=storage, load_if_exists=True, directions=["maximize", "minimize"],
                                 sampler=optuna.samplers.NSGAIISampler(seed=cfg.seed, population_size=max(4, min(50, cfg.trials // 2))))
+    # a resumed study (or another worker) must not replay the same random stream: offset the seed by what exists
+    study.sampler = optuna.samplers.NSGAIISampler(seed=cfg.seed + 7919 * len(study.get_trials(deepcopy=False)),
+                                                  population_size=max(4, min(50, cfg.trials // 2)))
     halving = optuna.create_study(study_name=f"edge-gr-{task}-halving", storage=storage, load_if_exists=True, direction="minimize",
                                   pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.min_epochs, reduction_factor=cfg.eta))
     return study, halving
@@ -282,13 +285,14 @@ def add_parser(sub) -> None:
     sp.add_argument("--eval-queries", type=int, default=300)
     sp.add_argument("--epochs", type=int, default=None, help="override the preset's student epochs (each candidate's brief budget)")
     sp.add_argument("--steps-per-epoch", type=int, default=None, help="override the preset's steps per epoch (sampled streams)")
+    sp.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
     sp.add_argument("--eta", type=int, default=3, help="successive halving: the top 1/eta of each rung train on")
     sp.add_argument("--no-halving", action="store_true", help="train every candidate for the whole budget")
     sp.add_argument("--device", default=None, help="torch device of the candidates' training (default: cuda if available)")
     sp.set_defaults(fn=_cmd)
 
 
-def _run(args: dict, optimize: bool = True, cores: list[int] | None = None) -> dict:
+def _run(args: dict, optimize: bool = True, cores: list[int] | None = None, worker: int = 0) -> dict:
     from types import SimpleNamespace
 
     from ..build import BuildSpec, _load, _presets
@@ -310,7 +314,8 @@ def _run(args: dict, optimize: bool = True, cores: list[int] | None = None) -> d
     if a.steps_per_epoch:
         train = replace(train, steps_per_epoch=a.steps_per_epoch)
     cfg = NASConfig(trials=a.trials, max_p99_ms=a.max_p99_ms, max_mb=a.max_mb, eval_queries=a.eval_queries, budget_minutes=a.budget,
-                    halving=not a.no_halving, eta=a.eta, progress=a.workers <= 1)
+                    halving=not a.no_halving, eta=a.eta, progress=a.workers <= 1,
+                    seed=a.seed + worker)  # each worker its own stream, or they would all sample the same architectures
     return run_nas(teacher, _load(spec, p), a.task, cfg, a.out, sampler=getattr(p, "sampler", None), train=train, optimize=optimize)
 
 
@@ -332,7 +337,7 @@ def _cmd(args) -> None:
         cpus = sorted(os.sched_getaffinity(0))
         per = max(1, len(cpus) // args.workers)
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_run, args=(kw, True, cpus[i * per:(i + 1) * per] if len(cpus) >= args.workers else None))
+        procs = [ctx.Process(target=_run, args=(kw, True, cpus[i * per:(i + 1) * per] if len(cpus) >= args.workers else None, i))
                  for i in range(args.workers)]
         for pr in procs:
             pr.start()
