@@ -156,10 +156,10 @@ def search_vectors(bundle: Path) -> dict:
     manifest, root, keep = open_bundle(bundle)
     model = ReplayModel(manifest.variants[0], {})
     r = Retriever(manifest, root, keep, model, None)
-    model.modes = {tuple(int(v) for v in r._rec_src([h])[0]): m for _, h, _, _, m in QUERIES}
+    model.modes = {tuple(int(v) for v in r._rec_src([h], r.max_len)[0]): m for _, h, _, _, m in QUERIES}
     out = []
     for name, history, k, beam, _ in QUERIES:
-        src = tuple(int(v) for v in r._rec_src([history])[0])
+        src = tuple(int(v) for v in r._rec_src([history], r.max_len)[0])
         with np.errstate(invalid="ignore"):  # the non-finite query: inf - inf in the log-softmax (as on a device)
             hits = r.search(history, k, beam=beam)
         rec = model.recorded.get(src, {})
@@ -219,7 +219,7 @@ def real_search_vectors(out: Path) -> dict:
     for name, history, k, beam in REAL_QUERIES:
         recorded.clear()
         hits = r.search(history, k, beam=beam)
-        queries.append({"name": name, "history": history, "k": k, "beam": beam, "src": [int(v) for v in r._rec_src([history])[0]],
+        queries.append({"name": name, "history": history, "k": k, "beam": beam, "src": [int(v) for v in r._rec_src([history], r.max_len)[0]],
                         "expected": [[h.item_id, _f(h.score)] for h in hits],
                         "logits": [[list(key), [_f(v) for v in row]] for key, row in sorted(recorded.items())]})
     return {"bundle": bundle.name, "levels": list(r.levels), "max_len": r.max_len, "queries": queries}

@@ -57,7 +57,7 @@ def beam_search(step: StepFn, trie: Trie, *, n: int, beam: int, k: int,
     Returns ``items (n, k)`` leaf indices (row numbers of :class:`~edge_gr.ids.SemanticIds`),
     ``-1`` where fewer than ``k`` valid IDs exist, and ``scores (n, k)`` (sum of
     log-probabilities in float32, ``-inf`` for the padding), best first. A NaN or infinite
-    log-probability never wins over a finite one (the item it would reach is dropped).
+    log-probability counts as -1e30, so it never wins over a finite one.
     """
     if beam < k:
         raise ValueError(f"beam ({beam}) must be >= k ({k})")
@@ -70,6 +70,8 @@ def beam_search(step: StepFn, trie: Trie, *, n: int, beam: int, k: int,
         logp = np.asarray(step(prefix), dtype=np.float32)  # (n, b, K)
         if logp.shape != (n, prefix.shape[1], K):
             raise ValueError(f"step returned shape {logp.shape}, expected {(n, prefix.shape[1], K)}")
+        if not np.isfinite(logp).all():  # a NaN / infinite logit must never win: it scores -1e30 (as the Kotlin core)
+            logp = np.nan_to_num(logp, nan=-1e30, posinf=-1e30, neginf=-1e30)
         alive = nodes >= 0
         allowed = trie.children[level][np.where(alive, nodes, 0)] >= 0  # (n, b, K)
         if not alive.all():
@@ -77,7 +79,6 @@ def beam_search(step: StepFn, trie: Trie, *, n: int, beam: int, k: int,
         total = scores[..., None] + logp
         total[~allowed] = -np.inf
         total = total.reshape(n, -1)  # (n, b*K)
-        total[~np.isfinite(total)] = -np.inf  # +inf / NaN logits must never win
         width = min(beam if level < L - 1 else max(k, 1), total.shape[1])
         order = _top(total, width)  # (n, width)
         scores = np.take_along_axis(total, order, 1)

@@ -101,7 +101,7 @@ class EdgeGrEngine private constructor(val bundle: RecBundle) : Closeable {
 
     private fun load(name: String): EtModel {
         val v = bundle.manifest.variant(name)
-        return EtModel.load(bundle.file(v, "program"), bundle.manifest.runtime, name, (v.static["max_beam"] as? Number)?.toInt())
+        return EtModel.load(bundle.file(v, "program"), bundle.manifest.runtime, name, (v.static["max_beam"] as? Number)?.toInt(), v.maxLen)
     }
 
     private fun precisionOf(name: String): String = byPrecision.entries.firstOrNull { it.value == name }?.key ?: ""

@@ -20,7 +20,8 @@ import java.io.File
  * bounds are N <= max_batch and B <= max_beam (manifest `static`). `Module` is not thread-safe:
  * the caller runs every call of one instance on one thread.
  */
-class EtModel private constructor(private val module: Module, spec: RuntimeSpec, private val maxBeam: Int?) : Model, Closeable {
+class EtModel private constructor(private val module: Module, spec: RuntimeSpec, private val maxBeam: Int?,
+                                  override val maxLen: Int? = null) : Model, Closeable {
     private val levels = spec.levels.size
     private val vocab = spec.levels.sum()
 
@@ -56,7 +57,7 @@ class EtModel private constructor(private val module: Module, spec: RuntimeSpec,
          * Load `program` and run one tiny query through it (as Python's runtime does), so a broken
          * file fails here, with a [BundleError], and not in the middle of a request.
          */
-        fun load(program: File, spec: RuntimeSpec, name: String, maxBeam: Int?): EtModel {
+        fun load(program: File, spec: RuntimeSpec, name: String, maxBeam: Int?, maxLen: Int? = null): EtModel {
             val module = try {
                 Module.load(program.absolutePath)
             } catch (e: Exception) {
@@ -71,9 +72,9 @@ class EtModel private constructor(private val module: Module, spec: RuntimeSpec,
                         hint = "re-export it with `edge-gr export` (methods encode and decode)")
                 }
             }
-            val model = EtModel(module, spec, maxBeam)
+            val model = EtModel(module, spec, maxBeam, maxLen)  // maxLen: the variant's static.max_len (a shorter-history student)
             try {
-                val enc = model.encode(LongArray(spec.maxLen) { 1L })
+                val enc = model.encode(LongArray(maxLen ?: spec.maxLen) { 1L })
                 enc.logits(arrayOf(LongArray(spec.levels.size)), 0)
             } catch (e: Exception) {
                 model.close()

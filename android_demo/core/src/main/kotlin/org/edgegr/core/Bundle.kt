@@ -44,6 +44,8 @@ data class Variant(
     val metrics: Map<String, Any?> = emptyMap()
 ) {
     val size: Long get() = files.values.fold(0L) { a, f -> a + f.size }
+    /** Encoder input length of this variant when it reads less than the bundle's (`static.max_len`: a student's shorter history). */
+    val maxLen: Int? get() = (static["max_len"] as? Number)?.toInt()
 }
 
 /** The versioned cloud -> device contract. */

@@ -22,6 +22,8 @@ interface Encoded {
 /** A loaded variant: runs the encoder on one `(max_len)` source row. */
 interface Model {
     fun encode(src: LongArray): Encoded
+    /** The encoder input length this variant reads (its manifest `static.max_len`); null = the bundle's `runtime.max_len`. */
+    val maxLen: Int? get() = null
 }
 
 /** `[0, levels[0], levels[0] + levels[1], ...]`: where each level's codes start in the vocabulary. */
@@ -97,7 +99,7 @@ class Recommender(
         if (k < 1 || beam < 1) throw InputError("k and beam must be positive integers, got k=$k, beam=$beam", hint = "e.g. k=10, beam=20")
         val kk = minOf(k, ids.size)
         val bb = maxOf(beam, kk)
-        val src = recSource(history, ids, maxLen)
+        val src = recSource(history, ids, model.maxLen ?: maxLen)
         if (src.all { it == 0L })  // no known item: the bundle's popularity ranking (score NaN), as in Python
             return popularity.take(kk).map { Hit(it, Double.NaN, titles[it] ?: "") }
         val r = decode(model.encode(src), ids, kk, bb)

@@ -58,6 +58,23 @@ class SearchTest {
     }
 
     @Test
+    fun aVariantReadingAShorterHistoryGetsOnlyTheNewestItems() {
+        val rec = Recommender(ids, 4)
+        var seen: LongArray? = null
+        val model = object : Model {
+            override val maxLen: Int? get() = 2
+            override fun encode(src: LongArray): Encoded {
+                seen = src
+                return object : Encoded {
+                    override fun logits(decoderInput: Array<LongArray>, position: Int) = Array(decoderInput.size) { FloatArray(ids.levels.sum()) }
+                }
+            }
+        }
+        rec.search(model, listOf("i1", "i2", "i3"), k = 2)
+        assertEquals(listOf(ids.items.indexOf("i2") + 1L, ids.items.indexOf("i3") + 1L), seen!!.toList())
+    }
+
+    @Test
     fun recommenderChecksKAndBeam() {
         val rec = Recommender(ids, 4, popularity = listOf("i5", "i4"))
         val model = object : Model { override fun encode(src: LongArray): Encoded = throw AssertionError("not called") }

@@ -30,4 +30,5 @@ fun Any?.ints(): IntArray = list().map { it.int() }.toIntArray()
 
 /** Scores agree: both NaN, both the same infinity, or within `tol`. */
 fun sameScore(a: Double, b: Double, tol: Double = 1e-5): Boolean =
-    (a.isNaN() && b.isNaN()) || (a.isInfinite() && a == b) || Math.abs(a - b) <= tol
+    (a.isNaN() && b.isNaN()) || (a.isInfinite() && a == b) ||
+        Math.abs(a - b) <= tol * maxOf(1.0, Math.abs(a), Math.abs(b))  // relative: Python scores are float32 (-1e30 is -1.00000002e30)
