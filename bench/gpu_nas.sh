@@ -39,6 +39,14 @@ final)  # the ML-1M study (cores 0-11) beside the Bible build of the architectur
   mkdir -p $OUT/nas-ml-1m; cp $S/nas-ml-1m/{study.log,nas.json,student.json,pareto.png} $OUT/nas-ml-1m/ 2>/dev/null
   (cd $S && tar -czf - bible.build | split -b 15M - $OUT/bible-student.part.)
   ;;
+bible-nas)  # resume the Bible study (its first 19 trials replayed one seed across workers) with the whole host
+  mkdir -p $S/nas-bible && cp $G/out-nas/nas-bible/study.log $S/nas-bible/
+  BW=${BIBLE_WORKERS:-12}
+  taskset -c 0-$((BW - 1)) timeout ${HARD_STOP:-560} python3 -m server.cli nas --task retrieval --data $G/bible --checkpoint $S/retrieval-teacher \
+    --preset full --device cuda --out $S/nas-bible --workers $BW --trials ${TRIALS:-60} --budget ${BIBLE_BUDGET:-5} --epochs 2 --steps-per-epoch 300 \
+    > $S/logs/nas-bible.log 2>&1
+  mkdir -p $OUT/nas-bible; cp $S/nas-bible/{study.log,nas.json,student.json,pareto.png} $OUT/nas-bible/ 2>/dev/null
+  ;;
 build)
   b() {  # task data teacher name
     python3 -m server.cli build --task $1 --data $G/$2 --checkpoint $S/$3 --preset full --device cuda --student-config $G/$4.student.json \

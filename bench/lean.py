@@ -33,18 +33,24 @@ from server.io import write_json  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 K, BEAM = 10, 20
-CG_VARIANTS = {"onnxruntime-int8-student"}  # callgrind runs ~50x slower: the variant that ships only
+def _ships(v) -> bool:  # callgrind runs ~50x slower: instruction counts for the variant that ships only
+    return v.backend == "onnxruntime" and v.precision == "int8" and v.source.get("name") == "student"
 
 
-def queries(task: str, folder: str, n: int) -> list:
-    """Validation queries (retrieval) or the first ``n`` users' training histories (rec): never test."""
+def queries(task: str, folder: str, n: int, *, relevant: bool = False):
+    """Validation queries (retrieval) or the first ``n`` users' training histories (rec): never test.
+    ``relevant=True`` also returns each input's relevant ids (retrieval: the verse; rec: the validation item)."""
     from server.data.jsonl import find_jsonl, load_rec_jsonl, load_retrieval_folder
 
     if task == "retrieval":
-        return [q.text for q in load_retrieval_folder(folder).valid[:n]]
+        qs = load_retrieval_folder(folder).valid[:n]
+        return ([q.text for q in qs], [set(q.relevant) for q in qs]) if relevant else [q.text for q in qs]
     f = Path(folder)
     split = load_rec_jsonl(find_jsonl(f, "items"), find_jsonl(f, "interactions"), name=f.name).split()
-    return [split.train[u] for u in list(split.train)[:n]]
+    users = list(split.train)[:n]
+    if relevant:
+        return [split.train[u] for u in users], [{split.valid_target[u]} if u in split.valid_target else set() for u in users]
+    return [split.train[u] for u in users]
 
 
 def timed(fn, qs: list, warmup: int = 3) -> tuple[dict, list]:
@@ -80,7 +86,7 @@ def instructions(bundle: str, variant: str, lean: bool, qs_file: str, n: int) ->
     return None if a is None or b is None else (b - a) / n
 
 
-def bench_bundle(name: str, path: str, qs: list, cg_n: int, tmp: Path) -> dict:
+def bench_bundle(name: str, path: str, qs: list, cg_n: int, tmp: Path, rel: list | None = None, student_label: str = "student") -> dict:
     import edge_gr
     from edge_gr.bundle import load_manifest
 
@@ -96,11 +102,19 @@ def bench_bundle(name: str, path: str, qs: list, cg_n: int, tmp: Path) -> dict:
             r.lean = lean
             row, out = timed(lambda q: [h.item_id for h in r.search(q, K, beam=BEAM)], qs)
             outs[lean] = out
-            row.update(name=f"{v.name} / {'lean step' if lean else 'full prefix'}", variant=v.name, backend=v.backend,
-                       precision=v.precision, source=v.source.get("name"), lean=lean, threads=r.threads, size_mb=v.size / 1e6)
+            src = v.source.get("name")
+            label = f"{student_label} {v.name}" if src == "student" else v.name
+            row.update(name=f"{label} / {'lean step' if lean else 'full prefix'}", variant=v.name, backend=v.backend,
+                       precision=v.precision, source=student_label if src == "student" else src, lean=lean, threads=r.threads,
+                       size_mb=v.size / 1e6, max_len=r.max_len, config={k: v.source.get("config", {}).get(k) for k in (
+                           "d_model", "n_heads", "n_enc_layers", "n_dec_layers", "ffn_mult", "max_len")})
+            if rel is not None:
+                from server.metrics import rank_metrics
+
+                row.update({f"valid_{k}": x for k, x in rank_metrics(out, rel).items() if k in ("recall@10", "ndcg@10", "mrr@10")})
             if ref is not None:
                 row["overlap@10_vs_teacher_fp32"] = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(out, ref)]))
-            if cg_n and v.name in CG_VARIANTS:
+            if cg_n and _ships(v):
                 row["instructions_per_query"] = instructions(str(path), v.name, lean, str(qs_file), cg_n)
             rows.append(row)
             print(f"{name:6} {row['name']:44} p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms  threads {row['threads']}"
@@ -155,6 +169,9 @@ def main() -> None:
     ap.add_argument("--data", action="append", default=[], metavar="NAME=FOLDER", help="the data folder of that bundle (queries)")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--cg-queries", type=int, default=20, help="queries per callgrind run (0 = skip instruction counts)")
+    ap.add_argument("--student-label", default="student", help="name of the student rows (e.g. nas-student)")
+    ap.add_argument("--out", default=str(RESULTS / "lean.json"))
+    ap.add_argument("--merge-runtime", action="store_true", help="also write the rows into bench/results/runtime.json[<label>]")
     a = ap.parse_args()
     data = dict(s.split("=", 1) for s in a.data)
     res = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "threads": 1,
@@ -166,12 +183,25 @@ def main() -> None:
             from edge_gr.bundle import load_manifest
 
             task = load_manifest(path).task
-            qs = queries(task, data[name], a.queries)
-            res[name] = bench_bundle(name, path, qs, a.cg_queries, Path(td))
+            qs, rel = queries(task, data[name], a.queries, relevant=True)
+            res[name] = bench_bundle(name, path, qs, a.cg_queries, Path(td), rel, a.student_label)
+            rows = res[name]["rows"]
+            teacher = next((r for r in rows if r["source"] == "teacher" and r["precision"] == "fp32"), None)
+            metric = "valid_recall@10" if task == "retrieval" else "valid_ndcg@10"
+            for r in rows:
+                if teacher and teacher.get(metric):
+                    r["quality_ratio_to_teacher"] = r[metric] / teacher[metric]
             if task == "retrieval":
                 res[name]["dense"] = dense_row(data[name], qs)
-    out = write_json(RESULTS / "lean.json", res)
+                for r in rows:
+                    r["dense_p50_over_p50"] = res[name]["dense"]["p50_ms"] / r["p50_ms"]
+    out = write_json(Path(a.out), res)
     print(f"wrote {out} and {plot(out)}")
+    if a.merge_runtime:
+        rt = json.loads((RESULTS / "runtime.json").read_text())
+        rt[a.student_label] = res
+        write_json(RESULTS / "runtime.json", rt)
+        print(f"merged into {RESULTS / 'runtime.json'}[{a.student_label!r}]")
 
 
 if __name__ == "__main__":
