@@ -153,6 +153,15 @@ class SemanticIds:
             self._trie = _build_trie(self.codes, self.levels)
         return self._trie
 
+    def trie_of(self, rows: np.ndarray) -> Trie:
+        """The trie of a subset of the items (a shard's), its leaves numbered by the rows of the whole catalogue."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            raise InputError("a trie needs at least one item", hint="give the shard some items")
+        t = _build_trie(self.codes[rows], self.levels)
+        last = t.children[-1]
+        return Trie(self.levels, t.children[:-1] + (np.where(last >= 0, rows[np.maximum(last, 0)], -1).astype(np.int32),))
+
     # -- quality -----------------------------------------------------------
     def stats(self) -> dict:
         """Codebook utilisation per level and the collision rate before the suffix level.

@@ -66,7 +66,7 @@ class GenerativeModel:
 
     # -- decoding ------------------------------------------------------------
     @torch.no_grad()
-    def _decode(self, src: torch.Tensor, k: int, beam: int) -> tuple[np.ndarray, np.ndarray]:
+    def _decode(self, src: torch.Tensor, k: int, beam: int, trie=None) -> tuple[np.ndarray, np.ndarray]:
         m = self.model
         dev = next(m.parameters()).device
         mem, pad = m.encode(src.to(dev))
@@ -79,7 +79,22 @@ class GenerativeModel:
             logits = m.decode(mem, pad, inp)[:, :, -1]  # (N, B, V)
             return m.level_logprobs(logits, l).cpu().numpy()
 
-        return beam_search(step, self.ids.trie(), n=src.shape[0], beam=max(beam, k), k=k)
+        return beam_search(step, self.ids.trie() if trie is None else trie, n=src.shape[0], beam=max(beam, k), k=k)
+
+    @torch.no_grad()
+    def first_level(self, src: torch.Tensor) -> np.ndarray:
+        """Log-probabilities of the first ID level ``(N, levels[0])`` (a shard router's one decoder step)."""
+        m = self.model
+        dev = next(m.parameters()).device
+        mem, pad = m.encode(src.to(dev))
+        logits = m.decode(mem, pad, torch.zeros(src.shape[0], 1, 1, dtype=torch.long, device=dev))[:, :, -1]
+        return m.level_logprobs(logits, 0)[:, 0].cpu().numpy()
+
+    def source(self, queries: Sequence) -> torch.Tensor:
+        """The encoder input of queries (texts for retrieval, histories for rec), as search builds it."""
+        if self.task == "rec":
+            return self._history_tensor([list(q) for q in queries])
+        return torch.from_numpy(encode(self.tokenizer, [check_query(t) for t in queries], self.model.cfg.max_len))
 
     def _history_tensor(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
         S = self.model.cfg.max_len
