@@ -126,15 +126,47 @@ def bench_bundle(name: str, path: str, qs: list, cg_n: int, tmp: Path, rel: list
     return {"bundle": str(path), "rows": rows}
 
 
-def dense_row(data_folder: str, qs: list) -> dict:
+def dense_row(data_folder: str, qs: list, rel: list | None = None) -> dict:
     from bench.runtime import dense_peer
     from server.data.jsonl import load_retrieval_folder
+    from server.metrics import rank_metrics
 
     fn, extra = dense_peer("retrieval", load_retrieval_folder(data_folder).docs)
-    row, _ = timed(fn, qs)
+    row, out = timed(fn, qs)
     row.update(name="dense-minilm (1 thread)", **extra)
+    if rel is not None:
+        row.update({f"valid_{k}": x for k, x in rank_metrics(out, rel).items() if k in ("recall@10", "ndcg@10", "mrr@10")})
     print(f"dense  {row['name']:44} p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms", flush=True)
     return row
+
+
+def peer_rows(task: str, data_folder: str, qs: list, rel: list, sasrec: str | None) -> list[dict]:
+    """The CPU peers a user would compare with, 1 thread, same inputs: BM25 (Bible) / SASRec (ML-1M, if a checkpoint is given)."""
+    import torch
+
+    from server.metrics import rank_metrics
+
+    torch.set_num_threads(1)
+    rows = []
+    if task == "retrieval":
+        from server.data.jsonl import load_retrieval_folder
+        from server.peers.bm25 import BM25Peer
+
+        peer = BM25Peer().fit(load_retrieval_folder(data_folder).docs)
+        row, out = timed(lambda q: [i for i, _ in peer.search([q], K)[0]], qs)
+        row.update(name="bm25 (1 thread)", backend="bm25s")
+        rows.append(row)
+    elif sasrec:
+        from server.peers.sasrec import SASRecPeer
+
+        peer = SASRecPeer.load(sasrec, device="cpu")
+        row, out = timed(lambda h: [i for i, _ in peer.rank([h], K)[0]], qs)
+        row.update(name="sasrec (torch, 1 thread)", backend="torch")
+        rows.append(row)
+    for row in rows:
+        row.update({f"valid_{k}": x for k, x in rank_metrics(out, rel).items() if k in ("recall@10", "ndcg@10", "mrr@10")})
+        print(f"peer   {row['name']:44} p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:6.2f} ms", flush=True)
+    return rows
 
 
 def plot(path: Path) -> Path:
@@ -171,6 +203,7 @@ def main() -> None:
     ap.add_argument("--cg-queries", type=int, default=20, help="queries per callgrind run (0 = skip instruction counts)")
     ap.add_argument("--student-label", default="student", help="name of the student rows (e.g. nas-student)")
     ap.add_argument("--out", default=str(RESULTS / "lean.json"))
+    ap.add_argument("--sasrec", default=None, help="a SASRec checkpoint: the ML-1M peer row")
     ap.add_argument("--merge-runtime", action="store_true", help="also write the rows into bench/results/runtime.json[<label>]")
     a = ap.parse_args()
     data = dict(s.split("=", 1) for s in a.data)
@@ -191,8 +224,9 @@ def main() -> None:
             for r in rows:
                 if teacher and teacher.get(metric):
                     r["quality_ratio_to_teacher"] = r[metric] / teacher[metric]
+            res[name]["peers"] = peer_rows(task, data[name], qs, rel, a.sasrec)
             if task == "retrieval":
-                res[name]["dense"] = dense_row(data[name], qs)
+                res[name]["dense"] = dense_row(data[name], qs, rel)
                 for r in rows:
                     r["dense_p50_over_p50"] = res[name]["dense"]["p50_ms"] / r["p50_ms"]
     out = write_json(Path(a.out), res)

@@ -10,6 +10,7 @@ p99 measured here. Writes ``<nas.json>`` with ``p99_ms_here`` / ``p50_ms_here`` 
 
     .venv/bin/python bench/nas_retime.py --nas .cache/gpu_nas/out-final/nas-ml-1m --task rec \\
         --data .cache/gpu_build/ml-1m --checkpoint .cache/gpu_build/rec-teacher [--only-complete] [--queries 100]
+    .venv/bin/python bench/nas_retime.py --collect ml-1m=HERE_DIR,GPU_DIR bible=HERE_DIR,GPU_DIR   # bench/results/nas.json + png
 """
 
 from __future__ import annotations
@@ -25,7 +26,49 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _peers(spec: str | None, metric: str) -> dict:
+    """``{name: {p99_ms, quality}}`` of bench/lean.py's peer rows (same machine, validation inputs)."""
+    if not spec:
+        return {}
+    path, name = spec.rsplit(":", 1)
+    res = json.loads(Path(path).read_text())[name]
+    rows = list(res.get("peers", [])) + ([res["dense"]] if res.get("dense") else [])
+    return {r["name"]: {"p99_ms": r["p99_ms"], "quality": r.get(f"valid_{metric}")} for r in rows if r.get(f"valid_{metric}") is not None}
+
+
+def collect(specs: list[str]) -> None:
+    """bench/results/nas.json (every task's re-timed study + its GPU-host study) and nas.png (their plots side by side)."""
+    import datetime
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from server.io import write_json
+
+    res: dict = {"date": datetime.date.today().isoformat(), "tasks": {}}
+    imgs = []
+    for spec in specs:
+        name, here, gpu = spec.split("=", 1)[0], *spec.split("=", 1)[1].split(",")
+        res["tasks"][name] = {"here": json.loads((Path(here) / "nas.json").read_text()),
+                              "gpu_host": json.loads((Path(gpu) / "nas.json").read_text())}
+        imgs += [(f"{name}: timed on the GPU host (under load)", Path(gpu) / "pareto.png"), (f"{name}: re-timed here", Path(here) / "pareto.png")]
+    out = write_json(ROOT / "bench" / "results" / "nas.json", res)
+    fig, axes = plt.subplots(len(specs), 2, figsize=(13, 4.6 * len(specs)), squeeze=False)
+    for ax, (title, img) in zip(axes.ravel(), imgs):
+        ax.imshow(plt.imread(img))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--collect"]:  # --collect NAME=HERE_DIR,GPU_DIR ...
+        collect(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nas", required=True, help="folder with the study's nas.json")
     ap.add_argument("--out", default=None, help="folder to write into (default: a copy beside --nas named <nas>-here)")
@@ -34,7 +77,18 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--only-complete", action="store_true", help="skip candidates stopped early by successive halving")
+    ap.add_argument("--peers", default=None, metavar="LEAN_JSON:SET", help="mark the peers of bench/lean.py's SET on the plot")
+    ap.add_argument("--peers-only", action="store_true", help="only add --peers to an already re-timed --out and re-plot")
     a = ap.parse_args()
+    if a.peers_only:
+        from server.nas.search import plot
+
+        out = Path(a.out) if a.out else Path(a.nas).with_name(Path(a.nas).name + "-here")
+        doc = json.loads((out / "nas.json").read_text())
+        doc["peers"] = _peers(a.peers, doc["quality_metric"])
+        (out / "nas.json").write_text(json.dumps(doc, indent=1))
+        print(f"peers {sorted(doc['peers'])}; plot {plot(out / 'nas.json')}")
+        return
 
     from tqdm import tqdm
 
@@ -75,6 +129,7 @@ def main() -> None:
     best = min(pool, key=lambda t: t["loss"])
     doc["chosen_gpu_host"], doc["chosen"] = doc["chosen"], best["number"]
     doc["machine_gpu_host"], doc["machine"] = doc.get("machine"), here
+    doc["peers"] = _peers(a.peers, doc["quality_metric"]) or doc.get("peers", {})
     doc["retimed"] = {"queries": a.queries, "weights": "untrained (latency of a fixed graph is weight-independent)", "only_complete": a.only_complete}
     write_json(out / "nas.json", doc)
     write_json(out / "student.json", {"config": best["config"], "beam": best["beam"], "measured": {k: best[k] for k in (

@@ -235,6 +235,35 @@ def test_corrupted_bundle_is_refused_before_loading(bundle, tmp_path):
         edge_gr.load(b)
 
 
+def test_load_verifies_the_chosen_variant_and_reads_the_compact_index(ret_gm, tmp_path):
+    """Loading hashes the shared files and the chosen variant only (another variant is checked when switched
+    to); the IDs and titles come from index.safetensors, and a bundle without it (older) loads from JSON."""
+    gm, queries = ret_gm
+    b = export_bundle(gm, tmp_path / "b", [("onnxruntime", "fp32"), ("onnxruntime", "int8")])
+    m = load_manifest(b)
+    assert "index" in m.files
+    want = [[h.item_id for h in hs] for hs in edge_gr.load(b, variant="onnxruntime-fp32").search_many(queries, 5)]
+    dec = b / m.variant("onnxruntime-int8").files["decoder"].path
+    data = bytearray(dec.read_bytes())
+    data[len(data) // 2] ^= 1
+    dec.write_bytes(bytes(data))
+    r = edge_gr.load(b, variant="onnxruntime-fp32")  # the other variant's damage does not block this one
+    hits = r.search(queries[0], 5)
+    assert [h.item_id for h in hits] == want[0] and all(h.title == next(i.text for i in gm.items if i.id == h.item_id) for h in hits)
+    with pytest.raises(BundleError, match="decoder.onnx"):
+        r.switch("onnxruntime-int8")
+    assert r.variant == "onnxruntime-fp32" and [h.item_id for h in r.search(queries[0], 5)] == want[0]
+    with pytest.raises(BundleError, match="decoder.onnx"):
+        load_manifest(b)  # a full verification still sees it
+    # an older bundle (no index): same answers from ids.json + catalogue.jsonl
+    doc = json.loads((b / "manifest.json").read_text())
+    del doc["files"]["index"]
+    (b / "manifest.json").write_text(json.dumps(doc))
+    old = edge_gr.load(b, variant="onnxruntime-fp32")
+    assert [[h.item_id for h in hs] for hs in old.search_many(queries, 5)] == want
+    assert [h.title for h in old.search(queries[0], 5)] == [h.title for h in hits]
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("litert", marks=slow),
                                      pytest.param("executorch", marks=[slow, pytest.mark.xfail(
                                          reason="ExecuTorch's Python runtime (executorch.runtime) imports torch itself", strict=True)])])

@@ -257,8 +257,11 @@ def plot(path: Path) -> Path:
     ax.axhline(doc["teacher_quality"], color="C2", ls=":", label="teacher (eager fp32)")
     if doc["config"].get("max_p99_ms"):
         ax.axvline(doc["config"]["max_p99_ms"], color="red", ls="--", lw=1, label="p99 budget")
-    for name, pv in (doc.get("peers") or {}).items():
-        ax.scatter([pv["p99_ms"]], [pv["quality"]], marker="s", s=40, label=name)
+    peers = doc.get("peers") or {}
+    for name, pv in peers.items():
+        ax.scatter([pv["p99_ms"]], [pv["quality"]], marker="s", s=40, label=f"{name} (peer)")
+    if peers and max(pv["p99_ms"] for pv in peers.values()) > 4 * max(t["p99_ms"] for t in ts):
+        ax.set_xscale("log")  # a peer far slower than every candidate (dense MiniLM)
     cpu = (doc.get("machine") or {}).get("cpu", "")
     ax.set(xlabel=f"p99 ms, exported ONNX Runtime int8, 1 thread\n{cpu}", ylabel=doc["quality_metric"] + " (validation)",
            title=f"NAS ({doc['task']}): {len(ts)} measured candidates")
