@@ -82,7 +82,7 @@ def main() -> None:
         for n in (int(x) for x in a.shards.split(",")):
             for kind, plan in (("items", semantic_plan(gm.ids, n)), ("load+hot", semantic_plan(gm.ids, n, load=load, balance="both", hot=a.hot)),
                                ("hash", hash_plan(gm.ids, n))):
-                fan = (1, 2, None) if plan.kind == "semantic" else ()
+                fan = tuple(f for f in (1, 2, 4) if f < n) + (None,) if plan.kind == "semantic" else ()
                 routing = compare(gm, plan, inputs, rel, fanouts=fan)
                 runs.append({"balance": kind, "plan": plan.stats(load), "routing": routing})
                 best = max((v for k, v in routing.items() if k.startswith("prefix")), key=lambda v: v["recall_ratio"], default=None)
@@ -90,6 +90,10 @@ def main() -> None:
                       f"{runs[-1]['plan']['load_imbalance']:.2f}  scatter {routing['scatter']['recall_ratio']:.3f}"
                       + (f"  prefix best {best['recall_ratio']:.3f} at {best['shards_per_query']:.2f} shards/query" if best else ""), flush=True)
         res[task] = {"checkpoint": ckpt, "n_inputs": len(inputs), "runs": runs}
+    old = RESULTS / "shards.json"
+    if old.is_file():  # one task at a time: keep the other task's measured runs
+        prev = json.loads(old.read_text())
+        res = {**{k: v for k, v in prev.items() if isinstance(v, dict) and "runs" in v}, **res}
     out = write_json(RESULTS / "shards.json", res)
     print(f"wrote {out} and {plot(out)}")
 
