@@ -35,24 +35,16 @@ def table(work: Path) -> dict:
 
 
 def plot(path: Path) -> Path:
-    import matplotlib
+    from bench.plot_core import panels, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    res = json.loads(path.read_text())
-    sets = [k for k in res if isinstance(res[k], dict) and "variants" in res[k]]
-    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], sets):
+    res, sets, fig, axes = panels(path, "variants", 6, 4.2)
+    for ax, name in zip(axes, sets):
         for v, r in res[name]["variants"].items():
             ax.scatter(r["bytes"] / 1e6, r["recall@10_ratio_to_teacher"], color="C0" if r["source"] == "teacher" else "C1")
             ax.annotate(v, (r["bytes"] / 1e6, r["recall@10_ratio_to_teacher"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set(title=f"{name}: exported variants (validation)", xlabel="bundle variant MB", ylabel="Recall@10 / eager teacher")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = path.with_suffix(".png")
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, path)
 
 
 def main() -> None:

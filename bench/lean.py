@@ -170,15 +170,10 @@ def peer_rows(task: str, data_folder: str, qs: list, rel: list, sasrec: str | No
 
 
 def plot(path: Path) -> Path:
-    import matplotlib
+    from bench.plot_core import panels, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    res = json.loads(path.read_text())
-    sets = [k for k in res if isinstance(res[k], dict) and "rows" in res[k]]
-    fig, axes = plt.subplots(1, len(sets), figsize=(7 * len(sets), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], sets):
+    res, sets, fig, axes = panels(path, "rows", 7, 4.5)
+    for ax, name in zip(axes, sets):
         rows = res[name]["rows"] + ([res[name]["dense"]] if res[name].get("dense") else [])
         labels = [r["name"].replace(" / ", "\n") for r in rows]
         ax.barh(labels, [r["p50_ms"] for r in rows], color=["C1" if r.get("lean") else "C0" for r in rows], label="p50")
@@ -187,10 +182,7 @@ def plot(path: Path) -> Path:
         ax.set(title=f"{name}: 1 thread, top-10, beam 20", xlabel="ms per query")
         ax.tick_params(axis="y", labelsize=6)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    out = path.with_suffix(".png")
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, path)
 
 
 def main() -> None:

@@ -97,7 +97,7 @@ def main() -> None:
     from server.generative import GenerativeModel
     from server.io import write_json
     from server.model import GRConfig
-    from server.nas.search import NASConfig, _measure, machine, plot
+    from server.nas.search import NASConfig, _fixed_terms, _measure, choose, machine, plot
 
     src = Path(a.nas)
     out = Path(a.out) if a.out else src.with_name(src.name + "-here")
@@ -117,7 +117,7 @@ def main() -> None:
             m = _measure(gm, a.task, inputs, [], cfg, t["beam"], Path(td), quality=False)
         t["p50_ms_gpu_host"], t["p99_ms_gpu_host"] = t["p50_ms"], t["p99_ms"]
         t["p50_ms"], t["p99_ms"], t["timed_here"] = m["p50_ms"], m["p99_ms"], True
-        t["loss"] = (1 - t["quality"] / doc["teacher_quality"]) + cfg.l1 * m["p99_ms"] + cfg.l2 * m["energy_mj"] + cfg.l3 * t["size_mb"]
+        t["loss"] = (1 - t["quality"] / doc["teacher_quality"]) + _fixed_terms(cfg, {**m, "size_mb": t["size_mb"]})
         t["constraints"] = [m["p99_ms"] - (doc["config"].get("max_p99_ms") or 1e9), t["constraints"][1]]
         t["feasible"] = all(c <= 0 for c in t["constraints"])
     doc["trials"] = todo
@@ -125,8 +125,7 @@ def main() -> None:
     for t in todo:
         t["pareto"] = not any(o["quality"] >= t["quality"] and o["p99_ms"] <= t["p99_ms"] and (o["quality"] > t["quality"] or o["p99_ms"] < t["p99_ms"])
                               for o in todo)
-    pool = [t for t in todo if t["pareto"] and t["feasible"]] or [t for t in todo if t["pareto"]]
-    best = min(pool, key=lambda t: t["loss"])
+    best = choose(todo)
     doc["chosen_gpu_host"], doc["chosen"] = doc["chosen"], best["number"]
     doc["machine_gpu_host"], doc["machine"] = doc.get("machine"), here
     doc["peers"] = _peers(a.peers, doc["quality_metric"]) or doc.get("peers", {})

@@ -14,6 +14,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def panels(path: Path, key: str, width: float, height: float):
+    """``(results, set names, figure, axes)``: one panel per result set of ``path`` (a dict holding ``key``)."""
+    res = json.loads(Path(path).read_text())
+    sets = [k for k in res if isinstance(res[k], dict) and key in res[k]]
+    fig, axes = plt.subplots(1, len(sets), figsize=(width * len(sets), height), squeeze=False)
+    return res, sets, fig, axes[0]
+
+
+def save(fig, path: Path) -> Path:
+    """Save ``fig`` beside ``path`` as PNG (the bench's plot convention) and return that path."""
+    fig.tight_layout()
+    out = Path(path).with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    return out
+
+
 def main(path: Path = RESULTS / "core.json") -> Path:
     res = json.loads(path.read_text())
     sets = [k for k in ("movielens-1m", "bible") if k in res]

@@ -31,25 +31,17 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def plot(path: Path) -> Path:
-    import matplotlib
+    from bench.plot_core import panels, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    res = json.loads(path.read_text())
-    tasks = [t for t in res if isinstance(res[t], dict) and "runs" in res[t]]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.2), squeeze=False)
-    for ax, t in zip(axes[0], tasks):
+    res, tasks, fig, axes = panels(path, "runs", 6.5, 4.2)
+    for ax, t in zip(axes, tasks):
         for run in res[t]["runs"]:
             pts = [(v["shards_per_query"], v["recall_ratio"]) for k, v in run["routing"].items() if k != "unsharded"]
             ax.plot(*zip(*sorted(pts)), marker="o", label=f"{run['plan']['kind']}/{run['balance']} x{run['plan']['shards']}")
         ax.axhline(0.98, color="red", ls="--", lw=1, label="0.98x target")
         ax.set(title=f"{t}: Recall@10 / unsharded vs shards per query", xlabel="shards per query (fan-out)", ylabel="recall ratio")
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    out = path.with_suffix(".png")
-    fig.savefig(out, dpi=120)
-    return out
+    return save(fig, path)
 
 
 def main() -> None:

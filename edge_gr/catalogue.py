@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -73,13 +72,12 @@ def index_bytes(ids: SemanticIds, catalogue: bytes) -> bytes:
 
 def load_index(index: str | os.PathLike, catalogue: str | os.PathLike) -> tuple[SemanticIds, Callable[[str], str]]:
     """``(ids, title_of)`` from an index file and its catalogue; titles are parsed on first use (the catalogue is mapped)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load
+    from safetensors import SafetensorError, safe_open
 
     try:
-        raw = Path(index).read_bytes()
-        t = load(raw)
-        meta = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")]).get("__metadata__", {})
+        with safe_open(str(index), framework="numpy") as f:
+            meta = f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in f.keys()}
     except (OSError, SafetensorError, ValueError) as e:
         raise FormatError(f"{index} is not an edge-gr index ({e})", hint="re-export the bundle") from None
     if meta.get("format") != INDEX_FORMAT:

@@ -168,7 +168,10 @@ class Retriever:
     @property
     def max_len(self) -> int:
         """Encoder input length of the serving variant (rec: the newest ``max_len`` history items are read)."""
-        return int(getattr(self._model, "max_len", 0) or self.manifest.runtime.max_len)  # stand-in models lack it
+        return self._input_len(self._model)
+
+    def _input_len(self, model) -> int:
+        return int(getattr(model, "max_len", 0) or self.manifest.runtime.max_len)  # stand-in models (tests, replay) lack it
 
     @property
     def variant(self) -> str:
@@ -204,7 +207,7 @@ class Retriever:
         beam = max(beam, want)
         with self._lock:
             model = self._model
-        n = int(getattr(model, "max_len", 0) or self.manifest.runtime.max_len)
+        n = self._input_len(model)
         src = self._rec_src(queries, n) if self.task == "rec" else self._text_src(queries, model, n)
         live = np.flatnonzero((src != 0).any(1))
         out: list[list[Hit]] = [[] for _ in queries]

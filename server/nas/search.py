@@ -42,7 +42,7 @@ import numpy as np
 
 from .space import ARCH_KEYS, SearchSpace
 
-__all__ = ["NASConfig", "run_nas", "MID_PHONE", "plot"]
+__all__ = ["NASConfig", "run_nas", "choose", "MID_PHONE", "plot"]
 
 MID_PHONE = {"name": "mid", "speed": 1.06, "active_cpu_w": 2.0}  # device_sim/phones/mid.toml (Pixel 8 class)
 
@@ -113,6 +113,12 @@ def _measure(gm, task: str, inputs: list, rel: list, cfg: NASConfig, beam: int, 
     mb = r.manifest.variants[0].size / 1e6
     energy = p50 / cfg.phone["speed"] * cfg.phone["active_cpu_w"]  # ms x W = mJ
     return {**out, "p50_ms": p50, "p99_ms": p99, "size_mb": mb, "energy_mj": energy, "threads": r.threads, "params": gm.model.n_params()}
+
+
+def choose(trials: list[dict]) -> dict:
+    """The device student: the feasible Pareto trial with the lowest scalarised loss (any Pareto trial if none is feasible)."""
+    pool = [t for t in trials if t["pareto"] and t["feasible"]] or [t for t in trials if t["pareto"]]
+    return min(pool, key=lambda t: t["loss"])
 
 
 def _fixed_terms(cfg: NASConfig, m: dict) -> float:
@@ -219,8 +225,7 @@ def run_nas(teacher, data, task: str, cfg: NASConfig, out_dir: str | Path, *, sa
     for t in trials:
         t["pareto"] = t["number"] in front
         t["feasible"] = all(c <= 0 for c in t["constraints"])
-    pool = [t for t in trials if t["pareto"] and t["feasible"]] or [t for t in trials if t["pareto"]]
-    best = min(pool, key=lambda t: t["loss"])
+    best = choose(trials)
     doc = {"task": task, "teacher_quality": teacher_q, "quality_metric": "recall@10" if task == "retrieval" else "ndcg@10",
            "config": {k: v for k, v in asdict(cfg).items() if k not in ("train", "space")}, "space": space.to_dict(),
            "train": asdict(train), "trials": trials, "chosen": best["number"], "peers": peers or {},
