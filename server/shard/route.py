@@ -24,7 +24,21 @@ from edge_gr.errors import InputError
 
 from .plan import ShardPlan
 
-__all__ = ["ShardedSearcher", "compare"]
+__all__ = ["ShardedSearcher", "merge", "compare"]
+
+
+def merge(answers, k: int) -> list[tuple[str, float]]:
+    """Merge shards' ``(id, score)`` lists by score: a replicated item keeps its best score; ties by id.
+
+    >>> merge([[("a", -1.0), ("b", -3.0)], [("c", -2.0), ("a", -0.5)]], 2)
+    [('a', -0.5), ('c', -2.0)]
+    """
+    best: dict[str, float] = {}
+    for ans in answers:
+        for i, sc in ans:
+            if sc > best.get(i, -np.inf):
+                best[i] = float(sc)
+    return sorted(best.items(), key=lambda t: (-t[1], t[0]))[:k]
 
 
 class ShardedSearcher:
@@ -63,17 +77,15 @@ class ShardedSearcher:
             raise InputError(f"unknown strategy {strategy!r}", hint="use prefix or scatter")
         src = self.gm.source(queries)
         routes = self.route(src, beam=beam, max_fanout=max_fanout) if strategy == "prefix" else [list(self.shards)] * len(queries)
-        found: list[dict[int, float]] = [{} for _ in queries]
+        answers: list[list[list[tuple[str, float]]]] = [[] for _ in queries]
         for s in self.shards:
             rows = [r for r, rs in enumerate(routes) if s in rs]
             if not rows:
                 continue
             items, scores = self.gm._decode(src[rows], k, max(beam, k), trie=self.tries[s])
             for r, ir, sr in zip(rows, items, scores):
-                for i, sc in zip(ir, sr):
-                    if i >= 0 and sc > found[r].get(int(i), -np.inf):  # a replicated item: keep its best score
-                        found[r][int(i)] = float(sc)
-        out = [[(self.gm.ids.items[i], sc) for i, sc in sorted(f.items(), key=lambda t: (-t[1], t[0]))[:k]] for f in found]
+                answers[r].append([(self.gm.ids.items[i], float(sc)) for i, sc in zip(ir, sr) if i >= 0])
+        out = [merge(a, k) for a in answers]
         return out, [len(r) for r in routes]
 
 
