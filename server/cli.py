@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .registry_cli import add_parser as add_registry  # `edge-gr registry ...` (issue #6)
 
     add_registry(sub)
+    from .shard.cli import add_parser as add_shard  # `edge-gr shard-plan` (issue #15)
+
+    add_shard(sub)
     _add_plugins(sub)
     return p
 

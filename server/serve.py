@@ -147,10 +147,19 @@ def add_parser(sub) -> None:
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--beam", type=int, default=50, help="beam width of the decoding")
     sp.add_argument("--model-version", default=None, help="version string to report (default: from the weights)")
+    g = sp.add_argument_group("sharded (Ray Serve): one deployment per shard behind a router")
+    g.add_argument("--shards", default=None, metavar="PLAN", help="plan JSON from `edge-gr shard-plan`; serves on Ray Serve")
+    g.add_argument("--replicas", type=int, default=1, help="replicas per shard (default 1)")
+    g.add_argument("--autoscale-max", type=int, default=None, help="autoscale each shard between 1 and N replicas")
+    g.add_argument("--strategy", choices=["prefix", "scatter"], default="prefix", help="route by the query's top prefixes, or ask every shard")
+    g.add_argument("--max-fanout", type=int, default=None, help="prefix routing: at most N shards per query")
+    g.add_argument("--address", default=None, help="join a Ray cluster (`auto` after `ray start`); default: a local one on loopback")
     sp.set_defaults(fn=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    if args.shards:
+        return _serve_sharded(args)
     from .api import load
 
     app = create_app(load(args.checkpoint), version=args.model_version, beam=args.beam)
@@ -159,3 +168,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     except ImportError as e:  # pragma: no cover
         raise BackendUnavailableError("`edge-gr serve` needs uvicorn", hint="pip install 'uvicorn==0.49.0'") from e
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+def _serve_sharded(args: argparse.Namespace) -> None:
+    from .shard.serving import load_plan, start
+
+    plan = load_plan(args.shards)
+    svc = start(args.checkpoint, plan, host=args.host, port=args.port, address=args.address, replicas=args.replicas,
+                autoscale_max=args.autoscale_max, beam=args.beam, strategy=args.strategy, max_fanout=args.max_fanout)
+    print(f"edge-gr serve: {plan.n_shards} shards x {args.replicas} replicas on Ray Serve at {svc.url} "
+          f"(ray {svc.started_s['ray_init']:.1f} s, serve {svc.started_s['serve_run']:.1f} s); Ctrl-C stops", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        svc.shutdown()

@@ -95,3 +95,32 @@ def test_killing_a_shard_replica_under_load_loses_no_request(rec, service):
         time.sleep(1)
     now = replica_pids(shard)
     assert len(now) == 2 and pids[0] not in now
+
+
+def test_cli_shard_plan_then_serve_shards(rec, tmp_path):
+    """The public path: `edge-gr shard-plan` writes the plan, `edge-gr serve --shards` serves it on Ray Serve."""
+    from server.cli import main as cli
+
+    gm, ckpt, histories = rec
+    plan = tmp_path / "plan.json"
+    assert cli(["shard-plan", "--checkpoint", str(ckpt), "--shards", "2", "--out", str(plan)]) == 0
+    assert sorted(json.loads(plan.read_text())["owner"]) == sorted(semantic_plan(gm.ids, 2).owner.tolist())
+    assert cli(["serve", "--checkpoint", str(ckpt), "--shards", str(tmp_path / "missing.json")]) == 2  # a clear error
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(ckpt), "--shards", str(plan),
+                             "--port", str(port), "--beam", "10"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        line = ""
+        while time.time() < deadline and "Ctrl-C" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "edge-gr serve --shards exited"
+        assert "2 shards" in line
+        r = httpx.post(f"http://127.0.0.1:{port}/search", json={"history": histories[0], "k": 3}, timeout=60)
+        assert r.status_code == 200 and len(r.json()["items"]) == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
