@@ -54,7 +54,7 @@ class ShardedSearcher:
 
     def route(self, src, *, beam: int, max_fanout: int | None = None) -> list[list[int]]:
         """The shards of each query, best prefix first (semantic plans; a hash plan needs every shard)."""
-        if self.plan.kind != "semantic" or self.plan.depth != 1:
+        if self.plan.kind != "semantic" or self.plan.depth != 1 or len(self.shards) == 1:  # nothing to choose
             return [list(self.shards) for _ in range(src.shape[0])]
         logp = self.gm.first_level(src)
         allowed = self.gm.ids.trie().children[0][0] >= 0

@@ -42,11 +42,14 @@ class Router:
     """The ingress: routes a query to the shards of its top prefixes (or all), calls them concurrently, merges."""
 
     def __init__(self, checkpoint: str, plan: dict, shards: dict, beam: int, strategy: str, max_fanout: Optional[int]):
+        import torch
+
         from server.api import load
         from server.serve import model_version
 
         from .route import ShardedSearcher
 
+        torch.set_num_threads(1)  # the router runs one decoder step per query; the shards do the work
         self.gm = load(checkpoint)
         self.searcher = ShardedSearcher(self.gm, ShardPlan.from_dict(plan))
         self.handles = {int(s): h for s, h in shards.items()}

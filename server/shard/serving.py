@@ -56,7 +56,10 @@ class ShardReplica:
     ``reconfigure({"checkpoint": ..., "version": ...})`` hot-reloads (Serve's ``user_config``).
     """
 
-    def __init__(self, checkpoint: str, plan: dict, shard: int, beam: int = 20):
+    def __init__(self, checkpoint: str, plan: dict, shard: int, beam: int = 20, threads: int = 1):
+        import torch
+
+        torch.set_num_threads(threads)  # replicas share the host's cores: one intra-op thread each unless told
         self.shard, self.beam = int(shard), int(beam)
         self.plan = ShardPlan.from_dict(plan)
         self._lock = threading.Lock()
@@ -98,7 +101,8 @@ class ShardReplica:
 
 
 def build_app(checkpoint: str | os.PathLike, plan: ShardPlan, *, replicas: int = 1, autoscale_max: int | None = None,
-              beam: int = 20, strategy: str = "prefix", max_fanout: int | None = None, health_period_s: float = 2.0):
+              beam: int = 20, strategy: str = "prefix", max_fanout: int | None = None, health_period_s: float = 2.0,
+              threads: int = 1):
     """The Serve application: ``shard-<n>`` deployments (``replicas`` each, or autoscaled 1..``autoscale_max``
     on ongoing requests) and the FastAPI ``router``."""
     _, serve = _serve()
@@ -113,7 +117,7 @@ def build_app(checkpoint: str | os.PathLike, plan: ShardPlan, *, replicas: int =
     opts = ({"autoscaling_config": {"min_replicas": 1, "initial_replicas": replicas, "max_replicas": autoscale_max,
                                     "target_ongoing_requests": 2, "upscale_delay_s": 2, "downscale_delay_s": 30}}
             if autoscale_max else {"num_replicas": replicas})
-    bound = {str(s): shard.options(name=f"shard-{s}", **opts).bind(checkpoint, pd, s, beam)
+    bound = {str(s): shard.options(name=f"shard-{s}", **opts).bind(checkpoint, pd, s, beam, threads)
              for s in range(plan.n_shards) if len(plan.items_of(s))}
     from .router import Router  # imports ray and fastapi at module level: a class Serve pickles by reference
 
