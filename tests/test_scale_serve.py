@@ -45,12 +45,20 @@ def rec(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(rec):
+def etcd(tmp_path_factory):
+    from server.shard.engines import EtcdCluster
+
+    with EtcdCluster(1, tmp_path_factory.mktemp("etcd")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def service(rec, etcd):
     from server.shard.serving import start
 
     gm, ckpt, _ = rec
     plan = semantic_plan(gm.ids, 2)
-    svc = start(ckpt, plan, port=_free_port(), replicas=2, beam=10, health_period_s=1.0)
+    svc = start(ckpt, plan, port=_free_port(), replicas=2, beam=10, health_period_s=1.0, etcd=etcd.endpoints)
     yield svc, plan
     svc.shutdown()
 
@@ -67,6 +75,38 @@ def test_ray_serve_shards_answer_what_the_in_process_searcher_answers(rec, servi
             assert [(x["item_id"], round(x["score"], 4)) for x in r.json()["items"]] == [(i, round(s, 4)) for i, s in w]
         bad = c.post(svc.url + "/search", json={"query": "text to a recommender"})
         assert bad.status_code == 400 and "history" in bad.json()["detail"]
+
+
+def test_rollout_through_etcd_reloads_every_shard_canary_first(rec, service, etcd, tmp_path):
+    """`edge-gr shard-rollout` switches each shard's `current` by CAS; the replicas watch it and reload; the
+    check waits until the service reports the new version before the next shard moves."""
+    from server.cli import main as cli
+    from server.shard.meta import ShardMeta
+
+    gm, _, histories = rec
+    svc, plan = service
+    with ShardMeta(etcd.endpoints) as meta:
+        assert all(len(meta.live_replicas(s)) == 2 for s in range(plan.n_shards))  # liveness leases
+    v2 = tmp_path / "ckpt-v2"
+    gm.save(v2)
+    assert cli(["shard-rollout", "--etcd", ",".join(etcd.endpoints), "--shards", "1,0", "--checkpoint", str(v2),
+                "--version", "v2", "--check-url", svc.url, "--check-timeout", "60"]) == 0
+    shards = httpx.get(svc.url + "/shards", timeout=30).json()["shards"]
+    assert {s: v["version"] for s, v in shards.items()} == {"0": "v2", "1": "v2"}
+    r = httpx.post(svc.url + "/search", json={"history": histories[0], "k": 3}, timeout=60).json()
+    assert r["model_version"] == "v2"
+    # every replica reloaded, not only the one the router asked: wait until both report v2 on every shard
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        seen = {(s, tuple(sorted({httpx.get(svc.url + "/shards", timeout=30).json()["shards"][str(s)]["version"] for _ in range(6)})))
+                for s in range(plan.n_shards)}
+        if all(v == ("v2",) for _, v in seen):
+            break
+    assert all(v == ("v2",) for _, v in seen)
+    with pytest.raises(SystemExit):  # a bad argument is argparse's clear error, nothing switched
+        cli(["shard-rollout", "--etcd", ",".join(etcd.endpoints), "--shards", "0", "--checkpoint", str(v2)])
+    assert cli(["shard-rollout", "--etcd", ",".join(etcd.endpoints), "--shards", "0", "--checkpoint", str(tmp_path),
+                "--version", "v3"]) == 2  # not a checkpoint folder
 
 
 def test_killing_a_shard_replica_under_load_loses_no_request(rec, service):

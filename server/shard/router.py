@@ -93,8 +93,11 @@ class Router:
         return Health(status="ok", task=self.gm.task, model_version=self.version, items=len(self.gm.items))
 
     @app.get("/shards")
-    def shards(self) -> dict:
-        return {"shards": sorted(self.handles), "strategy": self.strategy, "max_fanout": self.max_fanout, "retried": self.retried}
+    async def shards(self) -> dict:
+        """Each shard's version as one of its replicas reports it (a rollout's check reads this)."""
+        infos = await asyncio.gather(*(self.handles[s].info.remote() for s in sorted(self.handles)))
+        return {"shards": {str(i["shard"]): {"version": i["version"], "items": i["items"], "reloads": i["reloads"]} for i in infos},
+                "strategy": self.strategy, "max_fanout": self.max_fanout, "retried": self.retried}
 
     @app.post("/search", response_model=SearchResponse)
     async def search(self, req: SearchRequest) -> SearchResponse:

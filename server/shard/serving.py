@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ class ShardReplica:
     ``reconfigure({"checkpoint": ..., "version": ...})`` hot-reloads (Serve's ``user_config``).
     """
 
-    def __init__(self, checkpoint: str, plan: dict, shard: int, beam: int = 20, threads: int = 1):
+    def __init__(self, checkpoint: str, plan: dict, shard: int, beam: int = 20, threads: int = 1,
+                 etcd: list[str] | None = None, lease_ttl: int = 5):
         import torch
 
         torch.set_num_threads(threads)  # replicas share the host's cores: one intra-op thread each unless told
@@ -64,7 +66,24 @@ class ShardReplica:
         self.plan = ShardPlan.from_dict(plan)
         self._lock = threading.Lock()
         self.gm = None
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.reloads = 0
         self._load(checkpoint, None)
+        self.meta = self.lease = self.watch = None
+        if etcd:  # liveness by a lease, and hot reload when the shard's `current` is switched (server.shard.meta)
+            from .meta import ShardMeta
+
+            self.meta = ShardMeta(etcd)
+            self.lease = self.meta.register_replica(self.shard, self.replica_id, ttl=lease_ttl, info={"pid": os.getpid()})
+            self.watch = self.meta.watch(self.shard, self._on_switch, initial=True)
+
+    def _on_switch(self, value: dict | None, revision: int) -> None:
+        """etcd says what this shard serves: ``{"checkpoint": ..., "version": ...}``; load it if it is new."""
+        if not value or not value.get("checkpoint"):
+            return
+        if value["checkpoint"] != self.checkpoint or value.get("version") not in (None, self.version):
+            self._load(value["checkpoint"], value.get("version"))
+            self.reloads += 1
 
     def _load(self, checkpoint: str, version: str | None) -> None:
         from server.api import load
@@ -87,6 +106,15 @@ class ShardReplica:
     def check_health(self) -> None:
         if self.gm is None:
             raise RuntimeError(f"shard {self.shard}: no model loaded")
+        if self.lease is not None and not self.lease.valid:  # etcd no longer lists us: let Serve replace us
+            raise RuntimeError(f"shard {self.shard}: the etcd liveness lease of {self.replica_id} expired")
+
+    def __del__(self):
+        for h in (self.watch, self.lease):
+            try:
+                h and (h.cancel() if hasattr(h, "cancel") else h.stop())
+            except Exception:  # shutting down: etcd may be gone already
+                pass
 
     def search(self, queries: list, k: int) -> dict:
         with self._lock:
@@ -97,14 +125,16 @@ class ShardReplica:
         return {"answers": answers, "version": version, "pid": os.getpid(), "shard": self.shard}
 
     def info(self) -> dict:
-        return {"shard": self.shard, "version": self.version, "items": int(len(self.plan.items_of(self.shard))), "pid": os.getpid()}
+        return {"shard": self.shard, "version": self.version, "items": int(len(self.plan.items_of(self.shard))), "pid": os.getpid(),
+                "replica": self.replica_id, "reloads": self.reloads}
 
 
 def build_app(checkpoint: str | os.PathLike, plan: ShardPlan, *, replicas: int = 1, autoscale_max: int | None = None,
               beam: int = 20, strategy: str = "prefix", max_fanout: int | None = None, health_period_s: float = 2.0,
-              threads: int = 1):
+              threads: int = 1, etcd: list[str] | None = None):
     """The Serve application: ``shard-<n>`` deployments (``replicas`` each, or autoscaled 1..``autoscale_max``
-    on ongoing requests) and the FastAPI ``router``."""
+    on ongoing requests) and the FastAPI ``router``. With ``etcd`` (member ``host:port`` list) each replica
+    holds a liveness lease under ``/edge-gr/shards/<n>/replicas/`` and reloads when ``current`` is switched."""
     _, serve = _serve()
     if strategy not in ("prefix", "scatter"):
         raise InputError(f"unknown strategy {strategy!r}", hint="use prefix or scatter")
@@ -117,7 +147,7 @@ def build_app(checkpoint: str | os.PathLike, plan: ShardPlan, *, replicas: int =
     opts = ({"autoscaling_config": {"min_replicas": 1, "initial_replicas": replicas, "max_replicas": autoscale_max,
                                     "target_ongoing_requests": 2, "upscale_delay_s": 2, "downscale_delay_s": 30}}
             if autoscale_max else {"num_replicas": replicas})
-    bound = {str(s): shard.options(name=f"shard-{s}", **opts).bind(checkpoint, pd, s, beam, threads)
+    bound = {str(s): shard.options(name=f"shard-{s}", **opts).bind(checkpoint, pd, s, beam, threads, etcd)
              for s in range(plan.n_shards) if len(plan.items_of(s))}
     from .router import Router  # imports ray and fastapi at module level: a class Serve pickles by reference
 
