@@ -154,6 +154,7 @@ def add_parser(sub) -> None:
     g.add_argument("--strategy", choices=["prefix", "scatter"], default="prefix", help="route by the query's top prefixes, or ask every shard")
     g.add_argument("--max-fanout", type=int, default=None, help="prefix routing: at most N shards per query")
     g.add_argument("--etcd", default=None, metavar="HOST:PORT,...", help="etcd members: replicas hold liveness leases and reload on `edge-gr shard-rollout`")
+    g.add_argument("--nats", default=None, metavar="URL,...", help="NATS servers: each replica applies its shard's catalogue updates from JetStream")
     g.add_argument("--address", default=None, help="join a Ray cluster (`auto` after `ray start`); default: a local one on loopback")
     sp.set_defaults(fn=cmd_serve)
 
@@ -177,7 +178,7 @@ def _serve_sharded(args: argparse.Namespace) -> None:
     plan = load_plan(args.shards)
     svc = start(args.checkpoint, plan, host=args.host, port=args.port, address=args.address, replicas=args.replicas,
                 autoscale_max=args.autoscale_max, beam=args.beam, strategy=args.strategy, max_fanout=args.max_fanout,
-                etcd=args.etcd.split(",") if args.etcd else None)
+                etcd=args.etcd.split(",") if args.etcd else None, nats=args.nats.split(",") if args.nats else None)
     print(f"edge-gr serve: {plan.n_shards} shards x {args.replicas} replicas on Ray Serve at {svc.url} "
           f"(ray {svc.started_s['ray_init']:.1f} s, serve {svc.started_s['serve_run']:.1f} s); Ctrl-C stops", flush=True)
     try:

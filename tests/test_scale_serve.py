@@ -57,12 +57,27 @@ def etcd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(rec, etcd):
+def nats(tmp_path_factory):
+    import shutil
+
+    from server.shard.engines import NatsCluster
+    from server.shard.log import CatalogueLog
+
+    if not shutil.which("nats-server"):
+        pytest.skip("nats-server missing: apt-get install nats-server (make install does it as root)")
+    with NatsCluster(1, tmp_path_factory.mktemp("nats")) as c:
+        with CatalogueLog(c.urls) as log:  # the stream exists before the replicas' consumers
+            log.ensure_stream(replicas=1)
+        yield c
+
+
+@pytest.fixture(scope="module")
+def service(rec, etcd, nats):
     from server.shard.serving import start
 
     gm, ckpt, _ = rec
     plan = semantic_plan(gm.ids, 2)
-    svc = start(ckpt, plan, port=_free_port(), replicas=2, beam=10, health_period_s=1.0, etcd=etcd.endpoints)
+    svc = start(ckpt, plan, port=_free_port(), replicas=2, beam=10, health_period_s=1.0, etcd=etcd.endpoints, nats=nats.urls)
     yield svc, plan
     svc.shutdown()
 
@@ -79,6 +94,51 @@ def test_ray_serve_shards_answer_what_the_in_process_searcher_answers(rec, servi
             assert [(x["item_id"], round(x["score"], 4)) for x in r.json()["items"]] == [(i, round(s, 4)) for i, s in w]
         bad = c.post(svc.url + "/search", json={"query": "text to a recommender"})
         assert bad.status_code == 400 and "history" in bad.json()["detail"]
+
+
+def _replica_views(url: str, shard: int, want: int = 2, timeout: float = 60.0) -> dict:
+    """replica id -> its /shards view of ``shard``, until ``want`` replicas answered (Serve picks one per call)."""
+    seen: dict = {}
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(seen) < want:
+        v = httpx.get(url + "/shards", timeout=30).json()["shards"][str(shard)]
+        seen[v["replica"]] = v
+    return seen
+
+
+def test_catalogue_updates_from_jetstream_reach_every_replica(rec, service, etcd, nats):
+    """The leased writer appends retire / add updates; both replicas of the shard apply them in order: the
+    retired item is never served again and the replicas end with the same item table."""
+    from edge_gr.ids import SemanticIds
+    from server.shard.log import CatalogueLog, ShardWriter
+    from server.shard.meta import ShardMeta
+
+    gm, _, histories = rec
+    svc, plan = service
+    X = np.random.default_rng(0).normal(size=(N, 8))  # the vectors the fixture built the IDs from
+    shard = 0
+    rows = plan.items_of(shard)
+    base = SemanticIds([gm.ids.items[r] for r in rows], gm.ids.codes[rows], gm.ids.levels, {})
+    served = {x["item_id"] for h in histories for x in httpx.post(svc.url + "/search", json={"history": h, "k": 10}, timeout=60).json()["items"]}
+    victim = next(i for i in base.items if i in served)
+    with ShardMeta(etcd.endpoints) as meta, CatalogueLog(nats.urls) as log:
+        lock = meta.acquire_writer(shard, "writer-1", ttl=10)
+        w = ShardWriter(log, shard, base, X[rows], token=lock.token, writer_id="writer-1")
+        seqs = w.retire([victim]) + w.add(["new-a", "new-b"], X[rows[:2]] + 0.01)
+        lock.release()
+    assert len(seqs) == 3
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        views = _replica_views(svc.url, shard)
+        if len(views) == 2 and all(v.get("applied_seq", 0) >= seqs[-1] for v in views.values()):
+            break
+        time.sleep(0.5)
+    assert len(views) == 2 and all(v["applied_seq"] >= seqs[-1] and v["rejected"] == 0 for v in views.values()), views
+    assert len({v["items_hash"] for v in views.values()}) == 1  # the same table on both replicas
+    assert all(v["items"] == len(rows) + 1 for v in views.values())
+    for h in histories:
+        got = [x["item_id"] for x in httpx.post(svc.url + "/search", json={"history": h, "k": 10}, timeout=60).json()["items"]]
+        assert victim not in got
 
 
 def test_rollout_through_etcd_reloads_every_shard_canary_first(rec, service, etcd, tmp_path):

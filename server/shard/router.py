@@ -94,9 +94,10 @@ class Router:
 
     @app.get("/shards")
     async def shards(self) -> dict:
-        """Each shard's version as one of its replicas reports it (a rollout's check reads this)."""
+        """Each shard as one of its replicas reports it: version, items, replica id, applied log sequence
+        (a rollout's check reads the version)."""
         infos = await asyncio.gather(*(self.handles[s].info.remote() for s in sorted(self.handles)))
-        return {"shards": {str(i["shard"]): {"version": i["version"], "items": i["items"], "reloads": i["reloads"]} for i in infos},
+        return {"shards": {str(i["shard"]): i for i in infos},
                 "strategy": self.strategy, "max_fanout": self.max_fanout, "retried": self.retried}
 
     @app.post("/search", response_model=SearchResponse)

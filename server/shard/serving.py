@@ -24,6 +24,7 @@ best-effort, and a partition must never be answered by a replica that does not h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -58,7 +59,7 @@ class ShardReplica:
     """
 
     def __init__(self, checkpoint: str, plan: dict, shard: int, beam: int = 20, threads: int = 1,
-                 etcd: list[str] | None = None, lease_ttl: int = 5):
+                 etcd: list[str] | None = None, lease_ttl: int = 5, nats: list[str] | None = None):
         import torch
 
         torch.set_num_threads(threads)  # replicas share the host's cores: one intra-op thread each unless told
@@ -68,7 +69,10 @@ class ShardReplica:
         self.gm = None
         self.replica_id = f"{socket.gethostname()}-{os.getpid()}"
         self.reloads = 0
+        self.feed = None
         self._load(checkpoint, None)
+        if nats:
+            self._follow(nats)
         self.meta = self.lease = self.watch = None
         if etcd:  # liveness by a lease, and hot reload when the shard's `current` is switched (server.shard.meta)
             from .meta import ShardMeta
@@ -96,8 +100,35 @@ class ShardReplica:
                              hint="build the plan from this checkpoint: edge-gr shard-plan --checkpoint ...")
         trie = gm.ids.trie_of(rows)
         with self._lock:
-            self.gm, self.trie, self.checkpoint = gm, trie, checkpoint
+            self.gm, self.trie, self.served, self.checkpoint = gm, trie, gm.ids.items, checkpoint
             self.version = version or model_version(gm)
+            self._fed = -1  # the catalogue feed's table is rebuilt on the next query
+
+    def _follow(self, nats: list[str]) -> None:
+        """Apply the shard's catalogue updates from NATS JetStream (:class:`server.shard.log.CatalogueReplica`):
+        the base table is the checkpoint's shard items; the durable consumer replays the log on top."""
+        from edge_gr.ids import SemanticIds
+
+        from .log import CatalogueReplica, ReplicaState
+
+        ids, rows = self.gm.ids, self.plan.items_of(self.shard)
+        base = SemanticIds([ids.items[r] for r in rows], ids.codes[rows], ids.levels, {"retired": ids.meta.get("retired", [])})
+        self.feed = CatalogueReplica(nats, self.shard, self.replica_id, state=ReplicaState.from_ids(self.shard, base))
+        self.feed.start()
+
+    def _table(self):
+        """(trie, item ids by trie row): the checkpoint's, or the catalogue feed's once it applied updates."""
+        with self._lock:
+            gm, trie, served, fed = self.gm, self.trie, self.served, self._fed
+        if self.feed is None:
+            return gm, trie, served
+        snap = self.feed.snapshot()
+        if snap.applied != fed:
+            local = snap.ids(gm.ids.levels)
+            trie, served = local.trie(), local.items
+            with self._lock:
+                self.trie, self.served, self._fed = trie, served, snap.applied
+        return gm, trie, served
 
     def reconfigure(self, config: dict) -> None:
         if config and config.get("checkpoint") and config["checkpoint"] != getattr(self, "checkpoint", None):
@@ -110,31 +141,38 @@ class ShardReplica:
             raise RuntimeError(f"shard {self.shard}: the etcd liveness lease of {self.replica_id} expired")
 
     def __del__(self):
-        for h in (self.watch, self.lease):
+        for h in (self.watch, self.lease, self.feed):
             try:
-                h and (h.cancel() if hasattr(h, "cancel") else h.stop())
+                h and (h.cancel() if hasattr(h, "cancel") else h.close() if hasattr(h, "close") else h.stop())
             except Exception:  # shutting down: etcd may be gone already
                 pass
 
     def search(self, queries: list, k: int) -> dict:
-        with self._lock:
-            gm, trie, version = self.gm, self.trie, self.version
+        gm, trie, served = self._table()
+        version = self.version
         src = gm.source(queries)
         items, scores = gm._decode(src, k, max(self.beam, k), trie=trie)
-        answers = [[(gm.ids.items[i], float(s)) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(items, scores)]
+        answers = [[(served[i], float(s)) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(items, scores)]
         return {"answers": answers, "version": version, "pid": os.getpid(), "shard": self.shard}
 
     def info(self) -> dict:
-        return {"shard": self.shard, "version": self.version, "items": int(len(self.plan.items_of(self.shard))), "pid": os.getpid(),
-                "replica": self.replica_id, "reloads": self.reloads}
+        _, _, served = self._table()
+        out = {"shard": self.shard, "version": self.version, "items": len(served), "pid": os.getpid(),
+               "replica": self.replica_id, "reloads": self.reloads}
+        if self.feed is not None:
+            snap = self.feed.snapshot()
+            out.update(applied_seq=snap.applied_seq, applied=snap.applied, rejected=len(snap.rejected),
+                       items_hash=hashlib.sha256(json.dumps(sorted(snap.codes.items())).encode()).hexdigest()[:16])
+        return out
 
 
 def build_app(checkpoint: str | os.PathLike, plan: ShardPlan, *, replicas: int = 1, autoscale_max: int | None = None,
               beam: int = 20, strategy: str = "prefix", max_fanout: int | None = None, health_period_s: float = 2.0,
-              threads: int = 1, etcd: list[str] | None = None):
+              threads: int = 1, etcd: list[str] | None = None, nats: list[str] | None = None):
     """The Serve application: ``shard-<n>`` deployments (``replicas`` each, or autoscaled 1..``autoscale_max``
     on ongoing requests) and the FastAPI ``router``. With ``etcd`` (member ``host:port`` list) each replica
-    holds a liveness lease under ``/edge-gr/shards/<n>/replicas/`` and reloads when ``current`` is switched."""
+    holds a liveness lease under ``/edge-gr/shards/<n>/replicas/`` and reloads when ``current`` is switched;
+    with ``nats`` (server URLs) each replica applies its shard's catalogue updates from JetStream."""
     _, serve = _serve()
     if strategy not in ("prefix", "scatter"):
         raise InputError(f"unknown strategy {strategy!r}", hint="use prefix or scatter")
@@ -147,7 +185,7 @@ def build_app(checkpoint: str | os.PathLike, plan: ShardPlan, *, replicas: int =
     opts = ({"autoscaling_config": {"min_replicas": 1, "initial_replicas": replicas, "max_replicas": autoscale_max,
                                     "target_ongoing_requests": 2, "upscale_delay_s": 2, "downscale_delay_s": 30}}
             if autoscale_max else {"num_replicas": replicas})
-    bound = {str(s): shard.options(name=f"shard-{s}", **opts).bind(checkpoint, pd, s, beam, threads, etcd)
+    bound = {str(s): shard.options(name=f"shard-{s}", **opts).bind(checkpoint, pd, s, beam, threads, etcd, 5, nats)
              for s in range(plan.n_shards) if len(plan.items_of(s))}
     from .router import Router  # imports ray and fastapi at module level: a class Serve pickles by reference
 
