@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import socket
 import sys
 import threading
@@ -37,7 +38,22 @@ from bench.core import cpu_model  # noqa: E402
 from server.io import write_json  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-CONFIGS = [(1, 1, "prefix"), (1, 2, "prefix"), (1, 4, "prefix"), (2, 1, "prefix"), (4, 1, "prefix"), (4, 1, "scatter")]
+CONFIGS = "1x1,1x2,1x4,2x1,4x1,4x1:scatter"
+
+
+def parse_configs(s: str) -> list[tuple[int, int, str, int | None]]:
+    """``SHARDSxREPLICAS[:scatter|:prefixF]``, comma-separated -> (shards, replicas, strategy, max fan-out).
+
+    >>> parse_configs("1x2,8x1:prefix4,4x1:scatter")
+    [(1, 2, 'prefix', None), (8, 1, 'prefix', 4), (4, 1, 'scatter', None)]
+    """
+    out = []
+    for part in s.split(","):
+        size, _, strat = part.partition(":")
+        n, r = (int(x) for x in size.split("x"))
+        fan = int(strat[6:]) if strat.startswith("prefix") and strat[6:] else None
+        out.append((n, r, "scatter" if strat == "scatter" else "prefix", fan))
+    return out
 
 
 def _port() -> int:
@@ -124,22 +140,25 @@ def plot(path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     res = json.loads(path.read_text())
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    rows = res["configs"]
-    labels = [f"{r['shards']}s x {r['replicas']}r\n{r['strategy']}" for r in rows]
-    axes[0].bar(labels, [r["qps"] for r in rows])
-    axes[0].set(title=f"QPS at concurrency {rows[0]['concurrency']} ({res['cpu']}, 2 cores)", ylabel="requests / s")
-    x = np.arange(len(rows))
-    axes[1].bar(x - 0.2, [r["p50_ms"] for r in rows], 0.4, label="p50")
-    axes[1].bar(x + 0.2, [r["p99_ms"] for r in rows], 0.4, label="p99")
-    axes[1].set_xticks(x, labels)
-    axes[1].set(title="latency per request (HTTP, loaded)", ylabel="ms")
-    axes[1].legend()
-    axes[2].bar(labels, [r["recall_ratio"] for r in rows])
-    axes[2].axhline(0.98, color="red", ls="--", lw=1)
-    axes[2].set(title="Recall@10 of the served path / unsharded", ylim=(0.8, 1.02))
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=7)
+    tasks = [t for t in ("rec", "retrieval") if t in res]
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(15, 4.2 * len(tasks)), squeeze=False)
+    for ax_row, t in zip(axes, tasks):
+        rows = res[t]["configs"]
+        labels = [f"{r['shards']}s x {r['replicas']}r\n{r['strategy']}{r.get('max_fanout') or ''}" for r in rows]
+        x = np.arange(len(rows))
+        ax_row[0].bar(labels, [r["qps"] for r in rows])
+        ax_row[0].set(title=f"{t}: QPS at concurrency {rows[0]['concurrency']} ({res['cpu']}, {res['cores']} cores)", ylabel="requests / s")
+        ax_row[1].bar(x - 0.2, [r["p50_ms"] for r in rows], 0.4, label="p50")
+        ax_row[1].bar(x + 0.2, [r["p99_ms"] for r in rows], 0.4, label="p99")
+        ax_row[1].axhline(res[t]["in_process"]["p50_ms"], color="gray", ls=":", label="in-process p50, unsharded")
+        ax_row[1].set_xticks(x, labels)
+        ax_row[1].set(title=f"{t}: latency per request (HTTP, loaded)", ylabel="ms")
+        ax_row[1].legend(fontsize=7)
+        ax_row[2].bar(labels, [r["recall_ratio"] for r in rows])
+        ax_row[2].axhline(0.98, color="red", ls="--", lw=1)
+        ax_row[2].set(title=f"{t}: Recall@10 of the served path / unsharded", ylim=(0.8, 1.05))
+        for ax in ax_row:
+            ax.tick_params(axis="x", labelsize=7)
     return save(fig, path)
 
 
@@ -152,6 +171,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--beam", type=int, default=20)
     ap.add_argument("--updates", type=int, default=200, help="catalogue updates for the propagation delay (0: skip)")
+    ap.add_argument("--configs", default=CONFIGS, help="SHARDSxREPLICAS[:scatter|:prefixF], comma-separated")
     ap.add_argument("--out", default=str(RESULTS / "scale.json"))
     a = ap.parse_args()
     import torch
@@ -167,8 +187,7 @@ def main() -> None:
     spec = BuildSpec(task=a.task, data=a.data, out="", preset="full", device="cpu", progress=False)
     inputs, rel = validation_inputs(a.task, _load(spec, _presets(spec)), a.queries)
     inputs, rel = list(inputs), [set(r) for r in rel]
-    res = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "cores": 2, "task": a.task, "checkpoint": a.checkpoint,
-           "queries": len(inputs), "beam": a.beam, "protocol": __doc__.split("\n\n")[1].replace("\n", " ")}
+    res = {"checkpoint": a.checkpoint, "queries": len(inputs), "beam": a.beam}
 
     lat = []
     base = []
@@ -198,18 +217,19 @@ def main() -> None:
                                   "http_router_p50": res["http"]["p50_ms"] - res["handle"]["p50_ms"],
                                   "note": "http_router includes the router's first decoder step (routing) and the merge"}
         rows = []
-        for shards, replicas, strategy in CONFIGS:
+        for shards, replicas, strategy, fan in parse_configs(a.configs):
             plan = semantic_plan(gm.ids, shards)
             t0 = time.perf_counter()
-            serve.run(build_app(a.checkpoint, plan, replicas=replicas, beam=a.beam, strategy=strategy), name="edge-gr", route_prefix="/")
+            serve.run(build_app(a.checkpoint, plan, replicas=replicas, beam=a.beam, strategy=strategy, max_fanout=fan),
+                      name="edge-gr", route_prefix="/")
             deploy = time.perf_counter() - t0
             closed_loop(svc.url, a.task, inputs[:8], a.concurrency)  # warm-up
             m, answers = closed_loop(svc.url, a.task, inputs, a.concurrency)
             rr = recall(answers, rel)
-            rows.append({"shards": shards, "replicas": replicas, "strategy": strategy, **m, "recall@10": rr,
+            rows.append({"shards": shards, "replicas": replicas, "strategy": strategy, "max_fanout": fan, **m, "recall@10": rr,
                          "recall_ratio": rr / r0 if r0 else None, "deploy_s": deploy,
                          "same_top10_as_unsharded": float(np.mean([x == y for x, y in zip(answers, base)]))})
-            print(f"{shards} shards x {replicas} replicas {strategy:8} QPS {m['qps']:.1f}  p50 {m['p50_ms']:.1f}  p99 {m['p99_ms']:.1f} ms  "
+            print(f"{shards} shards x {replicas} replicas {strategy:8} fan-out {fan or 'beam'} QPS {m['qps']:.1f}  p50 {m['p50_ms']:.1f}  p99 {m['p99_ms']:.1f} ms  "
                   f"recall ratio {rows[-1]['recall_ratio']:.3f}  errors {m['errors']}", flush=True)
         res["configs"] = rows
     finally:
@@ -217,7 +237,13 @@ def main() -> None:
     if a.updates:
         res["propagation"] = propagation(gm, a.updates)
         print(f"propagation over {a.updates} updates: p50 {res['propagation']['p50_ms']:.1f} ms, p99 {res['propagation']['p99_ms']:.1f} ms")
-    out = write_json(Path(a.out), res)
+    doc = {"date": datetime.date.today().isoformat(), "cpu": cpu_model(), "cores": os.cpu_count(),
+           "protocol": __doc__.split("\n\n")[1].replace("\n", " ")}
+    old = Path(a.out)
+    if old.is_file():  # one task per run: keep the other task's measured rows
+        doc = {**{k: v for k, v in json.loads(old.read_text()).items() if isinstance(v, dict) and "configs" in v}, **doc}
+    doc[a.task] = res
+    out = write_json(old, doc)
     print(f"wrote {out} and {plot(out)}")
 
 
