@@ -40,6 +40,8 @@ def _spec(args):
     out = Path(args.out)
     return FLSpec(data=data, local=local, num_devices=args.devices, rounds=args.rounds, clients_per_round=args.clients,
                   min_clients=min(args.min_clients, args.clients), drop_prob=args.drop, central_dp=cdp,
+                  aggregation=args.aggregation, trim_beta=args.trim_beta, byzantine=args.byzantine,
+                  max_examples=args.max_examples, max_update_norm=args.max_update_norm,
                   eval_users=args.eval_users, seed=args.seed, result_path=str(out / "run.json"))
 
 
@@ -94,6 +96,13 @@ def add_parsers(sub) -> None:
     sp.add_argument("--max-participations", type=int, default=1, help="participations the DP noise is planned for")
     sp.add_argument("--central-noise", type=float, default=None, help="also add Flower's server-side central DP (noise multiplier)")
     sp.add_argument("--central-clip", type=float, default=1.0)
+    from .fl.robust import AGGREGATORS
+
+    sp.add_argument("--aggregation", choices=AGGREGATORS, default="fedavg", help="Flower's rule: fedavg, median, trimmed, krum, multikrum, bulyan")
+    sp.add_argument("--trim-beta", type=float, default=0.2, help="trimmed: fraction cut from each side")
+    sp.add_argument("--byzantine", type=int, default=1, help="krum / multikrum / bulyan: malicious clients tolerated")
+    sp.add_argument("--max-examples", type=int, default=10_000, help="a reply's num-examples (its weight) is clipped to this")
+    sp.add_argument("--max-update-norm", type=float, default=None, help="reject a reply that moves the adapter by more (L2)")
     sp.add_argument("--local-steps", type=int, default=10)
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--lr", type=float, default=2e-2)

@@ -79,12 +79,13 @@ class HybridClient:
     mode          ``"local_first"`` or ``"refine"``
     online        optional hook, e.g. the OS's connectivity state; False -> treated as offline
     make_hit      builds a hit from ``(item_id, score, title)`` (default: the runtime's ``Hit``)
+    token         bearer token of a service started with ``--tokens`` (sent as ``Authorization``)
     """
 
     def __init__(self, local, cloud_url: str | None = None, *, timeout_s: float = 0.3, mode: str = "local_first",
                  online: Callable[[], bool] | None = None, make_hit: Callable[[str, float, str], Any] = CloudHit,
                  max_failures: int = 3, retry_after_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
-                 proxies: dict | None = None, max_workers: int = 2):
+                 proxies: dict | None = None, max_workers: int = 2, token: str | None = None):
         if mode not in MODES:
             raise InputError(f"unknown hybrid mode {mode!r}", hint=f"use one of {', '.join(MODES)}")
         if not timeout_s > 0:
@@ -94,6 +95,9 @@ class HybridClient:
         self.local, self.cloud_url, self.timeout_s, self.mode = local, cloud_url.rstrip("/") if cloud_url else None, timeout_s, mode
         self.online, self.make_hit, self.clock = online, make_hit, clock
         self.max_failures, self.retry_after_s = max_failures, retry_after_s
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token:  # the service's bearer token (edge-gr serve --tokens); send it over https beyond loopback
+            self._headers["Authorization"] = f"Bearer {token}"
         self._opener = urllib.request.build_opener(*([urllib.request.ProxyHandler(proxies)] if proxies is not None else []))
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edge-gr-cloud")
         self._lock = threading.Lock()
@@ -122,7 +126,7 @@ class HybridClient:
     def _post(self, body: dict) -> tuple[list, str | None, float]:
         t0 = time.perf_counter()
         req = urllib.request.Request(self.cloud_url + "/search", data=json.dumps(body).encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json", "Accept": "application/json"})
+                                     headers=self._headers)
         try:
             with self._opener.open(req, timeout=self.timeout_s) as r:
                 payload = json.loads(r.read().decode("utf-8"))

@@ -102,8 +102,11 @@ def model_version(model) -> str:
     return f"{model.task}-{h.hexdigest()[:12]}"
 
 
-def create_app(model, *, version: str | None = None, beam: int = 50) -> "FastAPI":
+def create_app(model, *, version: str | None = None, beam: int = 50, security=None) -> "FastAPI":
     """A FastAPI app serving ``model`` (a :class:`~server.generative.GenerativeModel`).
+
+    ``security`` (:class:`server.security.Security`): bearer tokens on every route but ``/health``,
+    the body limit, slow-client timeout and per-client rate limit (default: no tokens, 1 MB, 50 req/s).
 
     One request decodes at a time (a lock): the model is small and the beam search is
     CPU-bound, so concurrency would only interleave the same cores.
@@ -111,11 +114,19 @@ def create_app(model, *, version: str | None = None, beam: int = 50) -> "FastAPI
     if _IMPORT_ERROR is not None:
         raise BackendUnavailableError("the cloud service needs fastapi and uvicorn",
                                       hint="pip install 'fastapi==0.138.2' 'uvicorn==0.49.0'") from _IMPORT_ERROR
+    from fastapi import Depends
+
+    from .security import Security, SecurityMiddleware, bearer_dependency
+
+    sec = security or Security()
     version = version or model_version(model)
     titles = {it.id: (it.meta or {}).get("title") or it.text[:120] for it in model.items}
     lock = threading.Lock()
     app = FastAPI(title="edge-gr cloud search", version=version,
                   description="Generative retrieval / recommendation: the cloud refinement path of edge-gr's hybrid mode.")
+
+    app.add_middleware(SecurityMiddleware, security=sec)
+    auth = [Depends(bearer_dependency(lambda: sec))]
 
     @app.exception_handler(InputError)
     async def _bad_input(request, exc: InputError):
@@ -125,7 +136,9 @@ def create_app(model, *, version: str | None = None, beam: int = 50) -> "FastAPI
     def health() -> Health:
         return Health(status="ok", task=model.task, model_version=version, items=len(model.items))
 
-    @app.post("/search", response_model=SearchResponse, responses={400: {"model": ErrorBody, "description": "the model cannot serve this input"}})
+    @app.post("/search", response_model=SearchResponse, dependencies=auth,
+              responses={400: {"model": ErrorBody, "description": "the model cannot serve this input"},
+                         401: {"model": ErrorBody, "description": "missing or wrong bearer token"}})
     def search(req: SearchRequest) -> SearchResponse:
         q = req.query if req.query is not None else req.history
         t0 = time.perf_counter()
@@ -147,6 +160,9 @@ def add_parser(sub) -> None:
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--beam", type=int, default=50, help="beam width of the decoding")
     sp.add_argument("--model-version", default=None, help="version string to report (default: from the weights)")
+    from .security import add_arguments
+
+    add_arguments(sp)
     g = sp.add_argument_group("sharded (Ray Serve): one deployment per shard behind a router")
     g.add_argument("--shards", default=None, metavar="PLAN", help="plan JSON from `edge-gr shard-plan`; serves on Ray Serve")
     g.add_argument("--replicas", type=int, default=1, help="replicas per shard (default 1)")
@@ -160,25 +176,30 @@ def add_parser(sub) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from .security import from_args
+
+    sec = from_args(args)  # refuses 0.0.0.0 without tokens, checks the TLS files, before loading anything
     if args.shards:
-        return _serve_sharded(args)
+        return _serve_sharded(args, sec)
     from .api import load
 
-    app = create_app(load(args.checkpoint), version=args.model_version, beam=args.beam)
+    app = create_app(load(args.checkpoint), version=args.model_version, beam=args.beam, security=sec)
     try:
         import uvicorn
     except ImportError as e:  # pragma: no cover
         raise BackendUnavailableError("`edge-gr serve` needs uvicorn", hint="pip install 'uvicorn==0.49.0'") from e
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key,
+                timeout_keep_alive=5)
 
 
-def _serve_sharded(args: argparse.Namespace) -> None:
+def _serve_sharded(args: argparse.Namespace, sec) -> None:
     from .shard.serving import load_plan, start
 
     plan = load_plan(args.shards)
     svc = start(args.checkpoint, plan, host=args.host, port=args.port, address=args.address, replicas=args.replicas,
                 autoscale_max=args.autoscale_max, beam=args.beam, strategy=args.strategy, max_fanout=args.max_fanout,
-                etcd=args.etcd.split(",") if args.etcd else None, nats=args.nats.split(",") if args.nats else None)
+                etcd=args.etcd.split(",") if args.etcd else None, nats=args.nats.split(",") if args.nats else None,
+                security=sec, tls=(args.tls_cert, args.tls_key) if args.tls_cert else None)
     print(f"edge-gr serve: {plan.n_shards} shards x {args.replicas} replicas on Ray Serve at {svc.url} "
           f"(ray {svc.started_s['ray_init']:.1f} s, serve {svc.started_s['serve_run']:.1f} s); Ctrl-C stops", flush=True)
     try:

@@ -211,8 +211,11 @@ def test_cli_shard_plan_then_serve_shards(rec, tmp_path):
     assert sorted(json.loads(plan.read_text())["owner"]) == sorted(semantic_plan(gm.ids, 2).owner.tolist())
     assert cli(["serve", "--checkpoint", str(ckpt), "--shards", str(tmp_path / "missing.json")]) == 2  # a clear error
     port = _free_port()
+    token = "shard-token-0123456789abcdef"
+    (tmp_path / "tokens").write_text(token + "\n")
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(ckpt), "--shards", str(plan),
-                             "--port", str(port), "--beam", "10"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--beam", "10", "--tokens", str(tmp_path / "tokens"), "--max-body", "4000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 180
         line = ""
@@ -220,8 +223,16 @@ def test_cli_shard_plan_then_serve_shards(rec, tmp_path):
             line = proc.stdout.readline()
             assert line or proc.poll() is None, "edge-gr serve --shards exited"
         assert "2 shards" in line
-        r = httpx.post(f"http://127.0.0.1:{port}/search", json={"history": histories[0], "k": 3}, timeout=60)
+        url = f"http://127.0.0.1:{port}"
+        auth = {"Authorization": f"Bearer {token}"}
+        r = httpx.post(url + "/search", json={"history": histories[0], "k": 3}, headers=auth, timeout=60)
         assert r.status_code == 200 and len(r.json()["items"]) == 3
+        # the router enforces the same access control as the single-process service
+        assert httpx.get(url + "/health", timeout=60).status_code == 200
+        assert httpx.post(url + "/search", json={"history": histories[0], "k": 3}, timeout=60).status_code == 401
+        assert httpx.get(url + "/shards", timeout=60).status_code == 401
+        big = httpx.post(url + "/search", json={"history": ["i1"] * 2000, "k": 3}, headers=auth, timeout=60)
+        assert big.status_code == 413
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -32,6 +32,7 @@ from flwr.serverapp.strategy import Strategy  # noqa: E402
 
 from .adapters import AdapterConfig  # noqa: E402
 from .local import DPConfig, LocalConfig  # noqa: E402
+from .robust import check_update, clip_examples  # noqa: E402
 from .setup import FLData  # noqa: E402
 
 __all__ = ["FLSpec", "EdgeStrategy", "REASONS", "make_client_app", "make_server_app", "wire_bytes",
@@ -67,6 +68,11 @@ class FLSpec:
     fleet_seed: int = 0
     tier_mix: dict | None = None
     central_dp: dict | None = None     # {"noise_multiplier": z, "clipping_norm": c} (Flower's server-side wrapper)
+    aggregation: str = "fedavg"        # fedavg | median | trimmed | krum | multikrum | bulyan (device_sim.fl.robust)
+    trim_beta: float = 0.2             # trimmed: fraction cut from each side
+    byzantine: int = 1                 # krum / multikrum / bulyan: malicious clients tolerated
+    max_examples: int = 10_000         # a reply's num-examples is clipped to this (its weight)
+    max_update_norm: float | None = None   # L2 bound on a reply's change to the global adapter (None: finite check only)
     eval_users: int = 1000
     # the on-device personal step after federation (never uploaded, so no DP). Gentle on
     # purpose: 10 steps at lr 2e-2 halved NDCG@10 on ML-1M (over-fits the user's past)
@@ -225,12 +231,22 @@ def make_client_app(spec: FLSpec):
 
 # -- server ------------------------------------------------------------------------------
 class EdgeStrategy(Strategy):
-    """Wraps a Flower strategy: over-selection, declines, deadlines, min clients, reply log."""
+    """Wraps a Flower strategy: over-selection, declines, deadlines, min clients, reply checks, reply log.
 
-    def __init__(self, inner, clients_per_round: int, min_clients: int, log: list):
+    Every usable reply passes :func:`~device_sim.fl.robust.check_update` against the arrays sent this
+    round (keys, shapes, finite, optional norm bound) and its ``num-examples`` is clipped
+    (:class:`~device_sim.fl.robust.ReplyGuard`); a non-finite aggregate skips the round.
+    """
+
+    def __init__(self, inner, clients_per_round: int, min_clients: int, log: list, guard=None):
+        from .robust import ReplyGuard
+
         self.inner, self.k, self.min_clients, self.log = inner, clients_per_round, min_clients, log
+        self.guard = guard or ReplyGuard()
+        self._global: dict | None = None
 
     def configure_train(self, server_round, arrays, config, grid):
+        self._global = {k: v.numpy() for k, v in arrays.items()}  # what the clients start from this round
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies: Iterable):
@@ -246,15 +262,26 @@ class EdgeStrategy(Strategy):
                              arrays={k: list(v.shape) for k, v in c["arrays"].items()} if "arrays" in c.array_records else {},
                              records=sorted(c.keys()), wire_bytes=wire_bytes(c))
                 if "declined" not in met and "arrays" in c.array_records:
-                    usable.append(m)
+                    why = check_update({k: v.numpy() for k, v in c["arrays"].items()}, self._global, self.guard)
+                    if why:
+                        entry["rejected"] = why
+                    else:
+                        if "num-examples" in met:
+                            c["metrics"]["num-examples"] = clip_examples(met["num-examples"], self.guard)
+                        usable.append(m)
             row["replies"].append(entry)
         usable = usable[: self.k]  # the first k reports (over-selection)
         row["used"] = len(usable)
+        row["rejected"] = sum("rejected" in e for e in row["replies"])
         row["skipped"] = len(usable) < self.min_clients
         self.log.append(row)
         if row["skipped"]:
             return None, None
-        return self.inner.aggregate_train(server_round, usable)
+        arrays, metrics = self.inner.aggregate_train(server_round, usable)
+        if arrays is not None and not all(np.isfinite(v.numpy()).all() for v in arrays.values()):
+            row["skipped"], row["reason"] = True, "non-finite aggregate"  # keep the model as it was
+            return None, None
+        return arrays, metrics
 
     def configure_evaluate(self, server_round, arrays, config, grid):
         return []
@@ -269,19 +296,22 @@ class EdgeStrategy(Strategy):
 def server_main(spec: FLSpec, grid, context, evaluate_fn: Callable | None = None) -> dict:
     """Run all rounds; returns (and writes to ``spec.result_path``) the run log."""
     from flwr.app import ConfigRecord, MetricRecord
-    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    from .robust import ReplyGuard, make_aggregator
 
     env = env_for(spec)
     n = len(env.users)  # the grid registers nodes asynchronously; FedAvg waits for min_available_nodes
     k_sample = min(n, math.ceil(spec.clients_per_round * spec.overselect))
-    inner = FedAvg(fraction_train=k_sample / n, min_train_nodes=k_sample, min_available_nodes=min(n, k_sample),
-                   fraction_evaluate=0.0)
+    inner = make_aggregator(spec.aggregation, beta=spec.trim_beta, byzantine=spec.byzantine, fraction_train=k_sample / n,
+                            min_train_nodes=k_sample, min_available_nodes=min(n, k_sample), fraction_evaluate=0.0)
     if spec.central_dp:
         inner = DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=float(spec.central_dp["noise_multiplier"]),
                                                            clipping_norm=float(spec.central_dp["clipping_norm"]),
                                                            num_sampled_clients=spec.clients_per_round)
     log: list = []
-    strategy = EdgeStrategy(inner, spec.clients_per_round, spec.min_clients, log)
+    strategy = EdgeStrategy(inner, spec.clients_per_round, spec.min_clients, log,
+                            ReplyGuard(max_examples=spec.max_examples, max_update_norm=spec.max_update_norm))
     evals: dict[int, dict] = {}
 
     def _eval(rnd, arrays):

@@ -443,7 +443,15 @@ def make_secagg_apps(
 
 
 def _check_client_update(update: list[np.ndarray], num_examples: int, *, max_weight: float, clipping_range: float) -> None:
-    """Refuse what SecAgg+ would silently distort: overweight or clipped updates."""
+    """Refuse what SecAgg+ would silently distort: non-finite, overweight or clipped updates.
+
+    Under SecAgg+ the server sees only the masked sum, so this client-side check before masking is the
+    only place a NaN can be caught: quantization maps NaN to -2^31 and the sum stays finite but wrong.
+    """
+    for k, a in enumerate(update):
+        if not np.isfinite(np.asarray(a, dtype=np.float64)).all():
+            raise FederationError(f"update array {k} has non-finite values; SecAgg+ would quantize them into a wrong finite sum",
+                                  hint="fix the local training (learning rate, loss) or drop this round's update")
     if num_examples > max_weight:
         raise FederationError(
             f"num_examples {num_examples} exceeds SecAgg+ max_weight {max_weight} (the sum could overflow)",

@@ -10,11 +10,12 @@ import asyncio
 import time
 from typing import Optional
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
 
 from edge_gr.errors import InputError
+from server.security import Security, SecurityMiddleware, bearer_dependency
 from server.serve import Health, SearchHit, SearchRequest, SearchResponse
 
 from .plan import ShardPlan
@@ -29,6 +30,9 @@ def _retryable() -> tuple[type, ...]:
 
 
 app = FastAPI(title="edge-gr sharded search", description="Generative retrieval over semantic shards (Ray Serve).")
+_SECURITY = Security()  # set by Router.__init__ in each router replica's process
+app.add_middleware(SecurityMiddleware, security=lambda: _SECURITY)
+_AUTH = [Depends(bearer_dependency(lambda: _SECURITY))]
 
 
 @app.exception_handler(InputError)
@@ -41,7 +45,10 @@ async def _bad_input(request, exc: InputError):
 class Router:
     """The ingress: routes a query to the shards of its top prefixes (or all), calls them concurrently, merges."""
 
-    def __init__(self, checkpoint: str, plan: dict, shards: dict, beam: int, strategy: str, max_fanout: Optional[int]):
+    def __init__(self, checkpoint: str, plan: dict, shards: dict, beam: int, strategy: str, max_fanout: Optional[int],
+                 security: Optional[dict] = None):
+        global _SECURITY
+        _SECURITY = Security.from_dict(security)
         import torch
 
         from server.api import load
@@ -92,7 +99,7 @@ class Router:
     def health(self) -> Health:
         return Health(status="ok", task=self.gm.task, model_version=self.version, items=len(self.gm.items))
 
-    @app.get("/shards")
+    @app.get("/shards", dependencies=_AUTH)
     async def shards(self) -> dict:
         """Each shard as one of its replicas reports it: version, items, replica id, applied log sequence
         (a rollout's check reads the version)."""
@@ -100,7 +107,7 @@ class Router:
         return {"shards": {str(i["shard"]): i for i in infos},
                 "strategy": self.strategy, "max_fanout": self.max_fanout, "retried": self.retried}
 
-    @app.post("/search", response_model=SearchResponse)
+    @app.post("/search", response_model=SearchResponse, dependencies=_AUTH)
     async def search(self, req: SearchRequest) -> SearchResponse:
         q = req.query if req.query is not None else req.history
         if self.gm.task == "rec" and req.history is None:

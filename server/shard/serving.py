@@ -168,7 +168,7 @@ class ShardReplica:
 
 def build_app(checkpoint: str | os.PathLike, plan: ShardPlan, *, replicas: int = 1, autoscale_max: int | None = None,
               beam: int = 20, strategy: str = "prefix", max_fanout: int | None = None, health_period_s: float = 2.0,
-              threads: int = 1, etcd: list[str] | None = None, nats: list[str] | None = None):
+              threads: int = 1, etcd: list[str] | None = None, nats: list[str] | None = None, security=None):
     """The Serve application: ``shard-<n>`` deployments (``replicas`` each, or autoscaled 1..``autoscale_max``
     on ongoing requests) and the FastAPI ``router``. With ``etcd`` (member ``host:port`` list) each replica
     holds a liveness lease under ``/edge-gr/shards/<n>/replicas/`` and reloads when ``current`` is switched;
@@ -189,7 +189,7 @@ def build_app(checkpoint: str | os.PathLike, plan: ShardPlan, *, replicas: int =
              for s in range(plan.n_shards) if len(plan.items_of(s))}
     from .router import Router  # imports ray and fastapi at module level: a class Serve pickles by reference
 
-    return Router.bind(checkpoint, pd, bound, beam, strategy, max_fanout)
+    return Router.bind(checkpoint, pd, bound, beam, strategy, max_fanout, security.to_dict() if security else None)
 
 
 @dataclass
@@ -207,7 +207,7 @@ class ShardedService:
 
 
 def start(checkpoint: str | os.PathLike, plan: ShardPlan, *, host: str = "127.0.0.1", port: int = 8000,
-          address: str | None = None, **app_options) -> ShardedService:
+          address: str | None = None, tls: tuple[str, str] | None = None, **app_options) -> ShardedService:
     """Start Ray (loopback, no dashboard) or join ``address`` (``auto`` = a cluster started with ``ray start``),
     then Serve on ``host:port`` and the application of :func:`build_app`."""
     ray, serve = _serve()
@@ -218,10 +218,13 @@ def start(checkpoint: str | os.PathLike, plan: ShardPlan, *, host: str = "127.0.
         else:  # loopback: without _node_ip_address Ray binds to the machine's external address
             ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
     t1 = time.perf_counter()
-    serve.start(http_options={"host": host, "port": port})
+    http = {"host": host, "port": port, "keep_alive_timeout_s": 5}
+    if tls:
+        http.update(ssl_certfile=str(tls[0]), ssl_keyfile=str(tls[1]))
+    serve.start(http_options=http)
     handle = serve.run(build_app(checkpoint, plan, **app_options), name=APP_NAME, route_prefix="/")
     t2 = time.perf_counter()
-    return ShardedService(f"http://{host}:{port}", handle, {"ray_init": t1 - t0, "serve_run": t2 - t1})
+    return ShardedService(f"{'https' if tls else 'http'}://{host}:{port}", handle, {"ray_init": t1 - t0, "serve_run": t2 - t1})
 
 
 def replica_pids(shard: int) -> list[int]:
