@@ -29,6 +29,7 @@ def _eps(s: str):
 def _spec(args):
     from dataclasses import replace
 
+    from .fl.attacks import parse_attack
     from .fl.flower import FLSpec
     from .fl.local import DPConfig, LocalConfig
     from .fl.setup import FLData
@@ -42,6 +43,7 @@ def _spec(args):
                   min_clients=min(args.min_clients, args.clients), drop_prob=args.drop, central_dp=cdp,
                   aggregation=args.aggregation, trim_beta=args.trim_beta, byzantine=args.byzantine,
                   max_examples=args.max_examples, max_update_norm=args.max_update_norm,
+                  attack=parse_attack(args.attack) if args.attack else None,
                   eval_users=args.eval_users, seed=args.seed, result_path=str(out / "run.json"))
 
 
@@ -103,6 +105,7 @@ def add_parsers(sub) -> None:
     sp.add_argument("--byzantine", type=int, default=1, help="krum / multikrum / bulyan: malicious clients tolerated")
     sp.add_argument("--max-examples", type=int, default=10_000, help="a reply's num-examples (its weight) is clipped to this")
     sp.add_argument("--max-update-norm", type=float, default=None, help="reject a reply that moves the adapter by more (L2)")
+    sp.add_argument("--attack", default=None, metavar="KIND:N", help="robustness evaluation: the first N phones send nan / scale / examples attacks")
     sp.add_argument("--local-steps", type=int, default=10)
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--lr", type=float, default=2e-2)

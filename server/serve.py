@@ -22,84 +22,23 @@ fallback's ``nan`` scores travel as ``null``. The device side talks to it with
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import threading
 import time
-from typing import Optional
 
 from edge_gr.errors import BackendUnavailableError, InputError
 
 try:
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, Field, model_validator
 except ImportError as e:  # pragma: no cover - fastapi is a pinned dependency
     _IMPORT_ERROR: ImportError | None = e
-    BaseModel = object  # type: ignore[assignment,misc]
-
-    def Field(*a, **kw):  # type: ignore[no-redef]
-        return None
-
-    def model_validator(*a, **kw):  # type: ignore[no-redef]
-        return lambda f: f
 else:
     _IMPORT_ERROR = None
 
+from .schemas import MAX_K, ErrorBody, Health, SearchHit, SearchRequest, SearchResponse, model_version  # noqa: F401 - re-exported
+
 __all__ = ["create_app", "model_version", "SearchRequest", "SearchResponse", "SearchHit", "Health", "add_parser", "cmd_serve"]
-
-MAX_K = 100
-
-
-class SearchRequest(BaseModel):
-    """Exactly one of ``query`` (retrieval model) or ``history`` (recommender, oldest first)."""
-
-    query: Optional[str] = Field(None, description="search text (retrieval model)", examples=["god so loved the world"])
-    history: Optional[list[str]] = Field(None, description="item ids, oldest first (recommender)", examples=[["1", "50", "181"]])
-    k: int = Field(10, ge=1, le=MAX_K, description="number of results")
-
-    @model_validator(mode="after")
-    def _one_of(self):
-        if (self.query is None) == (self.history is None):
-            raise ValueError("give exactly one of 'query' (text) or 'history' (list of item ids)")
-        return self
-
-
-class SearchHit(BaseModel):
-    item_id: str
-    score: Optional[float] = Field(None, description="summed log-probability; null for the popularity fallback")
-    title: str = ""
-
-
-class SearchResponse(BaseModel):
-    items: list[SearchHit]
-    model_version: str
-    task: str
-    latency_ms: float
-
-
-class Health(BaseModel):
-    status: str
-    task: str
-    model_version: str
-    items: int
-
-
-class ErrorBody(BaseModel):
-    detail: str
-    hint: Optional[str] = None
-
-
-def model_version(model) -> str:
-    """``meta["model_version"]`` if the checkpoint has one, else ``task-`` + 12 hex of a sha256 of the weights."""
-    v = (model.meta or {}).get("model_version")
-    if v:
-        return str(v)
-    h = hashlib.sha256()
-    for name, t in sorted(model.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return f"{model.task}-{h.hexdigest()[:12]}"
 
 
 def create_app(model, *, version: str | None = None, beam: int = 50, security=None) -> "FastAPI":

@@ -12,7 +12,7 @@ HONEST = 6
 EX = 20  # examples each honest client reports
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def run_identity():
     """Flower messages need the run id a ServerApp process has (set by the engine in a real run)."""
     from flwr.supercore.task_identity import TaskIdentity
@@ -58,7 +58,7 @@ def _fedavg(updates, weights):
 
 
 @pytest.mark.parametrize("aggregation", ["fedavg", "median", "trimmed", "krum"])
-def test_a_nan_client_is_rejected_and_the_model_stays_finite(aggregation):
+def test_a_nan_client_is_rejected_and_the_model_stays_finite(aggregation, run_identity):
     honest = _honest()
     bad = np.full(D, np.nan)
     got, row = _round(aggregation, honest + [bad], [EX] * (HONEST + 1), ReplyGuard())
@@ -67,7 +67,7 @@ def test_a_nan_client_is_rejected_and_the_model_stays_finite(aggregation):
     assert row["rejected"] == 1 and "non-finite" in row["replies"][-1]["rejected"]
 
 
-def test_a_scaled_client_is_rejected_by_the_norm_bound_or_outvoted_by_the_median():
+def test_a_scaled_client_is_rejected_by_the_norm_bound_or_outvoted_by_the_median(run_identity):
     honest = _honest(1)
     bad = honest[0] * 1e6
     honest_avg = _fedavg(honest, [EX] * HONEST)
@@ -84,7 +84,7 @@ def test_a_scaled_client_is_rejected_by_the_norm_bound_or_outvoted_by_the_median
         assert np.abs(agg - honest_avg).max() <= (hi - lo).max(), rule
 
 
-def test_a_client_claiming_1e9_examples_gets_at_most_max_examples_weight():
+def test_a_client_claiming_1e9_examples_gets_at_most_max_examples_weight(run_identity):
     honest = _honest(2)
     poisoned = np.full(D, 1.0)  # a plausible-looking but shifted update
     guard = ReplyGuard(max_examples=EX)
@@ -111,3 +111,29 @@ def test_secagg_client_refuses_a_nan_update_before_masking():
     with pytest.raises(FederationError, match="non-finite"):
         _check_client_update([np.array([0.1, np.nan])], 10, max_weight=100, clipping_range=8.0)
     _check_client_update([np.array([0.1, 0.2])], 10, max_weight=100, clipping_range=8.0)
+
+
+@pytest.mark.timeout(600)
+def test_a_federated_run_with_a_nan_phone_keeps_the_model_finite(tmp_path):
+    """The public path end to end: Flower's simulation engine, one attacking phone (a client mod), the
+    server's checks - the NaN reply is rejected every round and the federated adapter stays finite."""
+    from device_sim.fl.attacks import parse_attack
+    from device_sim.fl.flower import FLSpec
+    from device_sim.fl.local import DPConfig, LocalConfig
+    from device_sim.fl.setup import FLData
+    from device_sim.fl.simulate import run_federated
+    from server.model import GRConfig
+    from server.train import TrainConfig
+
+    d = FLData(dataset="ml-100k", max_users=8, levels=(8, 8), collab_dim=8,
+               model=GRConfig(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, max_len=20, dropout=0.1),
+               train=TrainConfig(epochs=1, batch_size=64, eval_queries=10, progress=False, threads=1))
+    spec = FLSpec(data=d, cache=str(tmp_path / "flcache"), num_devices=8, rounds=2, clients_per_round=8, min_clients=2,
+                  eligibility=False, eval_users=4, local=LocalConfig(steps=1, batch_size=8, dp=DPConfig(target_epsilon=None)),
+                  attack=parse_attack("nan:1"))
+    out = run_federated(spec, baselines=False, personal_users=2, progress=False, num_cpus=1)
+    for r in out["rounds"]:
+        assert r["rejected"] == 1 and not r["skipped"]
+        assert any("non-finite" in e.get("rejected", "") for e in r["replies"])
+    assert out["final_arrays"] is not None
+    assert all(np.isfinite(np.asarray(v, dtype=float)).all() for v in out["final_arrays"].values())

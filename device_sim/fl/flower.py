@@ -73,6 +73,7 @@ class FLSpec:
     byzantine: int = 1                 # krum / multikrum / bulyan: malicious clients tolerated
     max_examples: int = 10_000         # a reply's num-examples is clipped to this (its weight)
     max_update_norm: float | None = None   # L2 bound on a reply's change to the global adapter (None: finite check only)
+    attack: dict | None = None         # robustness evaluation: adversarial partitions (device_sim.fl.attacks)
     eval_users: int = 1000
     # the on-device personal step after federation (never uploaded, so no DP). Gentle on
     # purpose: 10 steps at lr 2e-2 halved NDCG@10 on ML-1M (over-fits the user's past)
@@ -220,7 +221,9 @@ def make_client_app(spec: FLSpec):
     """The device side as a Flower ``ClientApp``."""
     from flwr.clientapp import ClientApp
 
-    app = ClientApp()
+    from .attacks import attack_mod
+
+    app = ClientApp(mods=[attack_mod(spec.attack)] if spec.attack else [])
 
     @app.train()
     def train(msg, context):

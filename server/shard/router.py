@@ -16,7 +16,7 @@ from ray import serve
 
 from edge_gr.errors import InputError
 from server.security import Security, SecurityMiddleware, bearer_dependency
-from server.serve import Health, SearchHit, SearchRequest, SearchResponse
+from server.schemas import Health, SearchHit, SearchRequest, SearchResponse
 
 from .plan import ShardPlan
 
@@ -52,7 +52,7 @@ class Router:
         import torch
 
         from server.api import load
-        from server.serve import model_version
+        from server.schemas import model_version
 
         from .route import ShardedSearcher
 

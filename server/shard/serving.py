@@ -91,7 +91,7 @@ class ShardReplica:
 
     def _load(self, checkpoint: str, version: str | None) -> None:
         from server.api import load
-        from server.serve import model_version
+        from server.schemas import model_version
 
         gm = load(checkpoint)
         rows = self.plan.items_of(self.shard)
