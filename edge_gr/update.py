@@ -6,7 +6,8 @@
       current            "v1.1\\n"  (temp file + fsync + os.replace: always names a complete, verified bundle)
       v1.0/              the previous bundle, kept until a newer one has verified and been switched to
       v1.1/              a bundle (edge_gr.bundle: manifest.json + ids, catalogue, variants/...)
-      .staging/          where an update is materialised and checked (wiped on start)
+      .staging/          where an update is materialised and checked (removed by the next writer)
+      .lock              the store's lock file: one writer at a time (install / switch / recover / gc)
 
 :meth:`BundleStore.install` takes an update package written by the registry
 (``server.registry.Registry.bundle_package``; ``update.json`` format ``edge-gr-update``
@@ -28,6 +29,13 @@ bundle's tensors with the delta applied. Then
    with :func:`edge_gr.load`,
 2. fsynced and renamed into place, ``current`` switched atomically,
 3. versions older than the previous one are deleted.
+
+Every change to the store (install, switch, recover, gc) holds an exclusive ``flock`` on ``.lock``, so
+installs by several processes run one after the other; a process that dies drops its lock, and what
+it left (``.staging``, temp files) is removed by the next writer, never while its owner lives.
+Readers (:meth:`BundleStore.resolve`) take no lock unless what they read changes under them, then
+they read again under a shared lock. Failures are :class:`UpdateError` / :class:`BundleError`, never
+a raw ``OSError``.
 
 A crash (or a kill) at any point leaves ``current`` naming a complete, verified bundle:
 before the switch the old one, after it the new one. :meth:`BundleStore.path` verifies
@@ -56,28 +64,37 @@ holds costs no download (:meth:`BundleStore.switch`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterator
 
 from .bundle import MANIFEST, BundleManifest, load_manifest
 from .delta import apply_delta, file_sha256, list_versions, parse_version, read_tensors, tensor_sha256, write_text_atomic
-from .errors import BackendUnavailableError, BundleError, UpdateError
+from .errors import BackendUnavailableError, BundleError, EdgeGRError, UpdateError
+from .fsutil import file_lock
 from .weightmap import ROLE as WEIGHT_MAP, build_weights, read_map, recover_state
 
-__all__ = ["BundleStore", "Resolved", "UpdateReport", "UpdateError", "read_package", "STEPS", "PACKAGE_FORMAT", "PACKAGE_VERSION"]
+__all__ = ["BundleStore", "Resolved", "UpdateReport", "UpdateError", "StoreBusyError", "read_package", "STEPS", "PACKAGE_FORMAT",
+           "PACKAGE_VERSION"]
 
 CURRENT = "current"
 STAGING = ".staging"
+LOCK = ".lock"
 PACKAGE = "update.json"
 PACKAGE_FORMAT = "edge-gr-update"
 PACKAGE_VERSION = 2
 STEPS = ("checked", "applied", "written", "switched", "cleaned")  # what ``on_step`` is called with, in order
 _AGAIN = "download the update again"
+
+
+class StoreBusyError(UpdateError):
+    """Another process holds the store's lock (an install in progress) longer than ``lock_timeout``."""
 
 
 @dataclass(frozen=True)
@@ -164,26 +181,92 @@ class BundleStore:
     """The model bundles on one device, under ``root``. ``keep`` complete versions are kept (current + previous).
 
     ``smoke=True``: an installed bundle is also loaded and run once (:func:`edge_gr.load`) before ``current`` moves.
+    ``lock_timeout``: seconds a writer waits for another process's install to end before :class:`StoreBusyError`
+    (None: as long as it takes). Several processes (and threads) may use one store at once.
     """
 
-    def __init__(self, root: str | os.PathLike, *, keep: int = 2, smoke: bool = True):
+    def __init__(self, root: str | os.PathLike, *, keep: int = 2, smoke: bool = True, lock_timeout: float | None = None):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UpdateError(f"cannot create the model store {self.root} ({type(e).__name__}: {e})",
+                              hint="pick a folder this app can write, or free space on the device") from None
         self.keep = max(2, keep)
         self.smoke = smoke
-        self.recover()
+        self.lock_timeout = lock_timeout
+        self._guard = threading.RLock()  # threads of this process; the flock orders processes
+        self._held = 0
+        try:
+            self.recover(wait=False)  # opportunistic: an install in progress keeps its staging, and cleans up itself
+        except UpdateError:
+            pass  # a store this process cannot write (read-only media) can still be read
+
+    # -- the lock ----------------------------------------------------------------------
+    def _busy(self) -> StoreBusyError:
+        return StoreBusyError(f"another process is changing the model store {self.root} (it holds {self.root / LOCK})",
+                              hint="wait for its install to finish, then try again (a process that died drops the lock)")
+
+    @contextlib.contextmanager
+    def _lock(self, *, shared: bool = False, wait: bool = True) -> Iterator[None]:
+        """Hold the store's flock for the block (exclusive: writers; shared: a reader that must not see a change).
+        Re-entrant within this object: flock is per open file, so a second lock of our own would deadlock."""
+        with self._guard:
+            if self._held:
+                self._held += 1
+                try:
+                    yield
+                finally:
+                    self._held -= 1
+                return
+            stack = contextlib.ExitStack()
+            try:
+                stack.enter_context(file_lock(self.root / LOCK, shared=shared, timeout=self.lock_timeout if wait else 0.0,
+                                              busy=self._busy))
+            except OSError as e:
+                raise UpdateError(f"cannot lock the model store {self.root} ({type(e).__name__}: {e})",
+                                  hint="pick a folder this app can write") from None
+            with stack:
+                self._held = 1
+                try:
+                    yield
+                finally:
+                    self._held = 0
 
     # -- state ---------------------------------------------------------------------
-    def recover(self) -> None:
-        """Remove what an interrupted update left behind (staging, temp files, half-deleted versions)."""
+    def recover(self, *, wait: bool = True) -> bool:
+        """Remove what an interrupted update left behind (staging, temp files, half-deleted versions).
+
+        Takes the store's lock, so staging that a live install holds is never touched: ``wait=True`` waits for that
+        install to end (up to ``lock_timeout``), ``wait=False`` returns False at once and changes nothing.
+        """
+        try:
+            with self._lock(wait=wait):
+                self._clean()
+        except StoreBusyError:
+            if wait:
+                raise
+            return False
+        return True
+
+    def _clean(self) -> None:
+        """Leftovers of dead writers; call with the lock held (a live writer holds it, so none of this is its)."""
         shutil.rmtree(self.root / STAGING, ignore_errors=True)
-        for p in self.root.iterdir():
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return
+        for p in entries:
             if p.name.startswith(".") and (p.name.endswith(".tmp") or p.name.startswith(".trash-")):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def versions(self) -> list[str]:
         """Bundle folders on the device, oldest first (complete ones: only renamed into place after verifying)."""
-        return list_versions(self.root)
+        try:
+            return list_versions(self.root)
+        except OSError:
+            return []
 
     def current(self) -> str | None:
         """The version ``current`` names (None before the first install)."""
@@ -201,9 +284,34 @@ class BundleStore:
             raise BundleError(f"{folder} holds the bundle of {m.model_version}, not {version}", hint="install the version again")
         return m
 
+    def _snapshot(self) -> tuple:
+        return self.current(), tuple(self.versions())
+
     def resolve(self, version: str | None = None) -> Resolved:
         """Verify ``version`` (default: the current one) and return it. If the current one is damaged, the newest
-        other version that verifies is returned instead (``fell_back=True``); raises only if none does."""
+        other version that verifies is returned instead (``fell_back=True``); raises only if none does.
+
+        No lock is taken unless an install or gc changed the store while it was read (a version deleted under the
+        check, ``current`` moved): then it reads again under a shared lock, which waits for that writer to end.
+        """
+        before = self._snapshot()
+        try:
+            got = self._resolve(version)
+            if not got.fell_back or self._snapshot() == before:
+                return got
+        except BundleError:
+            if self._snapshot() == before:
+                raise
+        except OSError:
+            pass  # a file vanished while it was hashed: a writer is at work
+        with self._lock(shared=True):
+            try:
+                return self._resolve(version)
+            except OSError as e:
+                raise BundleError(f"cannot read the bundles in {self.root} ({type(e).__name__}: {e})",
+                                  hint="check the storage (permissions, errors), then install a full package") from None
+
+    def _resolve(self, version: str | None) -> Resolved:
         want = version or self.current()
         tried: list[str] = []
         order = ([want] if want else []) + ([v for v in reversed(self.versions()) if v != want] if version is None else [])
@@ -225,7 +333,18 @@ class BundleStore:
         """``edge_gr.load(self.path(), **kw)``: the one way to run the model on the device."""
         from .runtime import load
 
-        return load(self.path(), **kw)
+        before = self._snapshot()
+        try:
+            return load(self.path(), **kw)
+        except (EdgeGRError, OSError):  # e.g. a FormatError: a file gc removed while it was opened
+            if self._snapshot() == before:
+                raise
+        with self._lock(shared=True):  # the version was replaced while it loaded: load what is current now
+            try:
+                return load(self.path(), **kw)
+            except OSError as e:
+                raise BundleError(f"cannot read the bundle in {self.root} ({type(e).__name__}: {e})",
+                                  hint="check the storage (permissions, errors), then install a full package") from None
 
     def _set_current(self, version: str) -> None:
         write_text_atomic(self.root / CURRENT, version + "\n")
@@ -233,23 +352,46 @@ class BundleStore:
 
     def switch(self, version: str) -> None:
         """Point ``current`` at a version already on the device, after verifying it (no download)."""
-        try:
-            self._check(version)
-        except BundleError as e:
-            raise UpdateError(f"cannot switch to {version}: {e.message}", hint="install it again from the registry") from None
-        cur = self.current()
-        self._set_current(version)
-        self._gc(cur)
+        with self._lock():
+            try:
+                self._check(version)
+            except BundleError as e:
+                raise UpdateError(f"cannot switch to {version}: {e.message}", hint="install it again from the registry") from None
+            cur = self.current()
+            try:
+                self._set_current(version)
+            except OSError as e:
+                raise UpdateError(f"cannot switch to {version} ({type(e).__name__}: {e})",
+                                  hint=f"free space on the device and try again; the device keeps {cur}") from None
+            self._gc(cur)
+
+    def gc(self) -> list[str]:
+        """Delete the versions beyond ``keep`` (never the current one); returns what is left."""
+        with self._lock():
+            self._clean()
+            self._gc(None)
+            return self.versions()
 
     # -- updates -----------------------------------------------------------------
     def install(self, package: str | os.PathLike, *, on_step: Callable[[str], None] | None = None) -> UpdateReport:
         """Install an update package (see the module docstring); returns what it cost. On any error the device
-        keeps serving the bundle it had (:class:`UpdateError` says why)."""
-        t0 = time.perf_counter()
+        keeps serving the bundle it had (:class:`UpdateError` says why). Installs by several processes take turns
+        (the store's lock; :class:`StoreBusyError` after ``lock_timeout``)."""
         pkg = Path(package)
+        with self._lock():
+            try:
+                return self._install(pkg, on_step or (lambda s: None))
+            except OSError as e:  # disk full, permissions, a package folder that vanished: the device keeps its model
+                shutil.rmtree(self.root / STAGING, ignore_errors=True)
+                raise UpdateError(f"installing {pkg} into {self.root} failed ({type(e).__name__}: {e})",
+                                  hint=f"free space on the device, {_AGAIN}, and install again; the device keeps "
+                                       f"{self.current()}") from None
+
+    def _install(self, pkg: Path, step: Callable[[str], None]) -> UpdateReport:
+        t0 = time.perf_counter()
+        self._clean()  # what a killed install left: we hold the lock, so its owner is gone
         doc = read_package(pkg)
         size = sum(p.stat().st_size for p in pkg.rglob("*") if p.is_file())
-        step = on_step or (lambda s: None)
         cur, to = self.current(), doc["to"]
         if to in self.versions():
             try:
@@ -397,11 +539,14 @@ class BundleStore:
         step("applied")
 
     def _gc(self, previous: str | None) -> None:
-        """Keep the current version, ``previous`` (the rollback target) and the newest others up to ``keep``."""
+        """Keep the current version, ``previous`` (the rollback target) and the newest others up to ``keep``.
+        Call with the lock held. A failure here is not the update's: what is left is removed by the next writer."""
         cur = self.current()
         others = [v for v in reversed(self.versions()) if v not in (cur, previous)]
         kept = 1 + (previous is not None and previous != cur and previous in self.versions())
         for v in others[max(0, self.keep - kept):]:
             trash = self.root / f".trash-{v}"
-            os.replace(self.root / v, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(trash, ignore_errors=True)
+                os.replace(self.root / v, trash)  # out of sight atomically: a reader never sees half a version
+                shutil.rmtree(trash, ignore_errors=True)

@@ -7,7 +7,11 @@ the preset, the variants) re-runs that stage and the ones after it.
 
     edge-gr build --task retrieval --data FOLDER --out bundle/ [--preset tiny|demo|full] [--device cuda]
                   [--variants onnxruntime:fp32@teacher,onnxruntime:int8@student] [--work bundle.build/]
-                  [--teacher CKPT] [--no-student]
+                  [--teacher CKPT] [--no-student] [--force]
+
+``--out`` is checked before any stage runs: an existing folder is replaced only if it is a previous
+``edge-gr build`` output with nothing added (else refused unless ``--force``). The bundle is exported
+and verified beside it, then swapped in, so a failed verification leaves the previous bundle.
 
 Stages: ``ids`` (semantic IDs), ``teacher`` (or ``--teacher CKPT``: an already trained one),
 ``student`` (the preset's smaller model distilled from the teacher on the same data stream,
@@ -66,6 +70,7 @@ class BuildSpec:
     min_overlap: float = 0.5                     # verify: a variant's top-10 overlap with eager below this fails
     verify_queries: int = 200
     progress: bool = True
+    force: bool = False                          # replace ``out`` even if it is not a previous build output
     log: list = field(default_factory=list, compare=False, repr=False)
 
 
@@ -235,10 +240,11 @@ def build(spec: BuildSpec) -> Path:
     folder when ``spec.stop_after`` ends the run early (copy it next to the data elsewhere and run again:
     the finished stages are skipped there)."""
     from edge_gr.delta import write_text_atomic
+    from edge_gr.fsutil import output_folder
     from edge_gr.ids import SemanticIds
 
     from .compress.distill import DistillConfig, distill
-    from .export.bundle import export_bundle
+    from .export.bundle import bundle_files, check_bundle_out, export_bundle
     from .generative import GenerativeModel
     from .pipeline import rec_ids, retrieval_ids
     from .train import train_rec, train_retrieval
@@ -249,6 +255,8 @@ def build(spec: BuildSpec) -> Path:
     work = Path(spec.work) if spec.work else out.with_name(out.name + ".build")
     if work.resolve() == out.resolve():
         raise BuildError("the work folder cannot be the bundle folder", hint="pass another --work")
+    if spec.stop_after is None:
+        check_bundle_out(out, "build", force=spec.force)  # refuse now, not after an hour of training
     st = _Stages(work, spec)
     data = _load(spec, p)
     data_key = _data_fingerprint(spec.data)
@@ -321,9 +329,11 @@ def build(spec: BuildSpec) -> Path:
     verify_path = work / "verify.json"
 
     def make_bundle():
-        export_bundle(teacher, out, variants, sources=sources, main_name="teacher", model_version=f"build-{export_key}")
-        rep = _verify(spec, sources, out, data)
-        _write_metrics(out, rep["variants"])
+        with output_folder(out, "build", force=spec.force, legacy=bundle_files) as stage:  # verified before it replaces out
+            export_bundle(teacher, stage, variants, sources=sources, main_name="teacher", model_version=f"build-{export_key}",
+                          command="build")
+            rep = _verify(spec, sources, stage, data)
+            _write_metrics(stage, rep["variants"])
         write_text_atomic(verify_path, json.dumps(rep, indent=1))
 
     st.run("export+verify", _hash(export_key, spec.min_overlap, spec.verify_queries), make_bundle,
@@ -336,7 +346,9 @@ def add_parser(sub) -> None:
     sp = sub.add_parser("build", help="data -> IDs -> teacher -> exported, verified bundle (stages skipped when up to date)")
     sp.add_argument("--task", choices=["rec", "retrieval"], required=True)
     sp.add_argument("--data", required=True, help="ml-1m | ml-100k | bible | a folder (docs.jsonl[.gz] ... or items + interactions)")
-    sp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
+    sp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically; an existing folder only if it is "
+                                                 "a previous build, unless --force)")
+    sp.add_argument("--force", action="store_true", help="replace --out even if it holds files edge-gr did not write")
     sp.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo")
     sp.add_argument("--variants", default=None, help="BACKEND:PRECISION[@teacher|@student],... "
                     "(default onnxruntime:fp32@teacher,onnxruntime:int8@student)")
@@ -367,7 +379,7 @@ def _cmd_build(args) -> None:
     spec = BuildSpec(task=args.task, data=args.data, out=args.out, preset=args.preset, variants=variants, device=args.device,
                      work=args.work, min_overlap=args.min_overlap, teacher=args.teacher, student=not args.no_student,
                      stop_after=args.stop_after, verify_queries=args.verify_queries, student_config=args.student_config,
-                     student_minutes=args.student_minutes)
+                     student_minutes=args.student_minutes, force=args.force)
     out = build(spec)
     if args.stop_after:
         print(f"stopped after {args.stop_after}; stage artifacts in {out}")

@@ -15,9 +15,15 @@ Devices get bundles, never these folders: :meth:`Registry.bundle_package` writes
 device holding the bundle of one version downloads to get the bundle of another (the
 target manifest, a small tensor delta, and only the files it cannot rebuild from tensors).
 
-A version is written into a hidden temp folder and renamed into place, so a crash never
-leaves half a version; nothing is ever modified after that. Reading a version checks
-every file's size and sha256, and rebuilding a model from its full base and the chain
+A version is written into a hidden temp folder (``.tmp-<version>-*``, under the registry's
+lock) and renamed into place, so a crash never leaves half a version; nothing is ever
+modified after that. The temp folder of a publish that died is deleted by the next
+writer that takes the lock (only one writer holds it, so it cannot belong to a live one).
+:meth:`Registry.materialize` and :meth:`Registry.bundle_package` write their ``out``
+folder with :func:`edge_gr.fsutil.output_folder`: an existing ``out`` is replaced only
+if it is their own previous output (or ``force=True``), never a folder of the user's.
+
+Reading a version checks every file's size and sha256, and rebuilding a model from its full base and the chain
 of deltas checks every tensor's sha256 after every step. A corrupted version raises
 :class:`RegistryError` naming the file; nothing is deleted or moved because of it (the
 pointer stays where it was, ``gc`` refuses to run on an unreadable registry).
@@ -58,11 +64,13 @@ from edge_gr.delta import (DELTA, MANIFEST, SEP, WEIGHTS, FileInfo, VersionManif
                            parse_version, read_manifest, read_tensors, tensor_table, verify_files, verify_tensors, write_json_atomic,
                            write_tensors, write_text_atomic)
 from edge_gr.errors import BundleError
+from edge_gr.fsutil import check_output, file_lock, output_folder, owned_tempdir
 
 __all__ = ["Registry", "RegistryError", "CHECKPOINT_WEIGHTS", "DEFAULT_BUNDLE_VARIANTS", "state_from_torch", "lora_ratio"]
 
 CURRENT = "current"
 HISTORY = "history.jsonl"
+LEFTOVERS = (".tmp-v", ".gc-")     # made only under the registry's lock: any seen while holding it is a dead writer's
 BUNDLES = "bundles"                # exported device bundles per version (cache: rebuilt by Registry.bundle if missing)
 WEIGHT_MAP_ROLE = "weight_map"     # edge_gr.weightmap.ROLE
 DEFAULT_BUNDLE_VARIANTS: tuple[tuple[str, str], ...] = (("onnxruntime", "fp32"),)
@@ -83,19 +91,13 @@ def lora_ratio(delta: VersionManifest, full: VersionManifest) -> float:
     return delta.size / max(1, full.size)
 
 
-@contextlib.contextmanager
-def _replacing(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that replaces it when the block ends without error (else is removed)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _package_files(folder: Path) -> set[str] | None:
+    """The files a bundle package written before output markers existed consists of (None: not a package)."""
+    doc = json.loads((folder / "update.json").read_text(encoding="utf-8"))
+    if doc.get("format") != "edge-gr-update":
+        return None
+    return ({"update.json", "manifest.json"} | {f"files/{rel}" for rel in doc.get("files", {})}
+            | {s["file"] for s in doc.get("steps", [])})
 
 
 class Registry:
@@ -202,12 +204,24 @@ class Registry:
     # -- writing ---------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
+        """The registry's writer lock (publish, pointer moves, gc); entering it also clears dead writers' leftovers."""
         with open(self.root / ".lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
+                self._clean_leftovers()
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _clean_leftovers(self) -> list[str]:
+        """Delete ``.tmp-v*`` (a publish that died) and ``.gc-v*`` (a gc that died). Call with the lock held: they are
+        only ever made under it, so none of them belongs to a live process."""
+        gone = []
+        for p in self.root.iterdir():
+            if p.name.startswith(LEFTOVERS):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+                gone.append(p.name)
+        return gone
 
     def _next_version(self, parent: str | None) -> str:
         vs = [parse_version(v) for v in self.versions()]
@@ -292,12 +306,17 @@ class Registry:
         kw.setdefault("config", cfg)
         return self.publish(state, aux=aux, **kw)
 
-    def materialize(self, version: str, out: str | os.PathLike) -> Path:
+    def materialize(self, version: str, out: str | os.PathLike, *, force: bool = False) -> Path:
         """Write the rebuilt model of ``version`` as a checkpoint folder (``model.safetensors`` + aux files),
-        atomically; ``server.generative.GenerativeModel.load(out)`` reads it."""
-        state, aux = self.rebuild(version)
+        atomically; ``server.generative.GenerativeModel.load(out)`` reads it.
+
+        An existing ``out`` is replaced only if it is a previous ``materialize`` output with nothing added, or with
+        ``force=True``; else :class:`~edge_gr.errors.InputError` (before anything is rebuilt).
+        """
+        self.manifest(version)
         out = Path(out)
-        with _replacing(out) as tmp:
+        with output_folder(out, "registry materialize", force=force) as tmp:
+            state, aux = self.rebuild(version)
             write_tensors(tmp / CHECKPOINT_WEIGHTS, state)
             for name, p in aux.items():
                 shutil.copyfile(p, tmp / name)
@@ -416,13 +435,22 @@ class Registry:
         from .export.bundle import export_bundle
         from .generative import GenerativeModel
 
-        with tempfile.TemporaryDirectory(dir=self.root, prefix=f".tmp-bundle-{version}-") as td:
-            gm = GenerativeModel.load(self.materialize(version, Path(td) / "ckpt"))
-            export_bundle(gm, out, list(variants), model_version=version, metrics={})
+        (self.root / BUNDLES).mkdir(exist_ok=True)
+        with file_lock(self.root / BUNDLES / ".lock"):  # two processes exporting the same cache would race their swaps
+            if (out / BUNDLE_MANIFEST).is_file():
+                try:
+                    load_manifest(out, verify=True)
+                    return out  # exported by another process while this one waited
+                except BundleError:
+                    pass
+            with owned_tempdir(self.root, ".tmp-bundle-") as td:  # the temp folders of dead exports go first
+                gm = GenerativeModel.load(self.materialize(version, td / "ckpt"))
+                # the cache is the registry's own folder: a damaged or older copy there is replaced whatever it holds
+                export_bundle(gm, out, list(variants), model_version=version, metrics={}, force=True)
         return out
 
     def bundle_package(self, from_version: str | None, to_version: str, out: str | os.PathLike, *,
-                       variants: Sequence[tuple[str, str]] = DEFAULT_BUNDLE_VARIANTS) -> tuple[Path, int]:
+                       variants: Sequence[tuple[str, str]] = DEFAULT_BUNDLE_VARIANTS, force: bool = False) -> tuple[Path, int]:
         """Write what a device holding the bundle of ``from_version`` (None: nothing) downloads to get the bundle of
         ``to_version``; returns (folder, bytes). ``edge_gr.update.BundleStore.install`` reads it.
 
@@ -438,11 +466,14 @@ class Registry:
         holds plus the delta. The delta is the registry's own chain of deltas (``from`` an ancestor of ``to``)
         limited to the tensors the target's weight files need, else one computed with ``make_delta``
         between the two models (e.g. a rollback to an older version).
+
+        An existing ``out`` is replaced only if it is a previous package (with nothing added), or with ``force=True``.
         """
         from edge_gr.weightmap import needed_tensors, read_map, recoverable_tensors
 
         if from_version == to_version:
             raise RegistryError(f"a device at {to_version} needs no update to {to_version}", hint="pick another --to or --from")
+        check_output(out, "registry package", force=force, legacy=_package_files)  # refuse before exporting bundles
         target = self.bundle(to_version, variants)
         tm = load_manifest(target, verify=True)
         have: set[str] = set()
@@ -468,7 +499,7 @@ class Registry:
         needed = set().union(*rebuild.values()) if rebuild else set()
         steps = self._package_steps(from_version, to_version, known, needed) if needed else []
         out = Path(out)
-        with _replacing(out) as tmp:
+        with output_folder(out, "registry package", force=force, legacy=_package_files) as tmp:
             shipped: dict[str, dict] = {}
             for f in tm.all_files():
                 if f.sha256 in have or f.path in rebuild or f.path in shipped:

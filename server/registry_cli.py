@@ -5,9 +5,12 @@
     edge-gr registry diff        --registry REG A B
     edge-gr registry rollback    --registry REG [VERSION]          # default: the version current pointed at before
     edge-gr registry gc          --registry REG [--keep 3] [--dry-run]
-    edge-gr registry materialize --registry REG VERSION --out CKPT  # rebuilt, hash-checked checkpoint folder (then `edge-gr export`)
-    edge-gr registry package     --registry REG --to V [--from V] --out DIR [--variants onnxruntime:fp32,onnxruntime:int8]
+    edge-gr registry materialize --registry REG VERSION --out CKPT [--force]  # rebuilt, hash-checked checkpoint folder (then `edge-gr export`)
+    edge-gr registry package     --registry REG --to V [--from V] --out DIR [--variants onnxruntime:fp32,onnxruntime:int8] [--force]
                                  # the bundle update a device holding the bundle of --from downloads (edge_gr.update.BundleStore.install)
+
+``--out`` of materialize / package is written beside itself and swapped in; an existing folder is replaced only
+if it is a previous output of the same command (nothing added), else refused unless ``--force``.
 
 ``edge-gr rollout simulate`` lives in ``device_sim.rollout_sim`` (``add_parser``): the
 simulation sits on top of ``server`` and must not be imported by it.
@@ -69,7 +72,7 @@ def cmd_gc(args) -> None:
 
 
 def cmd_materialize(args) -> None:
-    out = _reg(args).materialize(args.version, args.out)
+    out = _reg(args).materialize(args.version, args.out, force=args.force)
     print(f"wrote {out} (rebuilt from {' -> '.join(_reg(args).chain(args.version))}, every tensor hash checked)")
 
 
@@ -81,7 +84,7 @@ def cmd_package(args) -> None:
         from .export.bundle import parse_variants
 
         variants = tuple(parse_variants(args.variants))
-    out, size = _reg(args).bundle_package(args.from_version, args.to, args.out, variants=variants)
+    out, size = _reg(args).bundle_package(args.from_version, args.to, args.out, variants=variants, force=args.force)
     doc = json.loads((out / "update.json").read_text())
     print(f"wrote {out}: {size:,} bytes for a device at {args.from_version or 'nothing'} -> {args.to} "
           f"({len(doc['files'])} files shipped, {len(doc['rebuild'])} rebuilt on the device, {len(doc['steps'])} delta steps)")
@@ -117,10 +120,13 @@ def add_parser(sub) -> None:
     p.add_argument("--dry-run", action="store_true")
     p = cmd("materialize", cmd_materialize, "write a version's rebuilt checkpoint folder (base + deltas, hash-checked)")
     p.add_argument("version")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="checkpoint folder to write (an existing one only if a previous materialize, "
+                                                "unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it holds files edge-gr did not write")
     p = cmd("package", cmd_package, "write the bundle update a device at --from needs to reach --to (a tensor delta + changed "
                                     "files; without --from the whole bundle)")
     p.add_argument("--to", required=True)
     p.add_argument("--from", dest="from_version", default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="package folder to write (an existing one only if a previous package, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out even if it holds files edge-gr did not write")
     p.add_argument("--variants", default=None, help="bundle variants BACKEND:PRECISION,... (default: onnxruntime:fp32)")

@@ -11,6 +11,11 @@ The manifest records, per variant, its precision, the backend recipe and the sou
 >>> export_bundle(gm, "bundle/", parse_variants("onnxruntime:fp32,onnxruntime:int8@student"),
 ...               sources={"student": GenerativeModel.load("student/")})         # doctest: +SKIP
 PosixPath('bundle')
+
+The folder is written beside ``out_dir`` and swapped in (:func:`edge_gr.fsutil.output_folder`); an existing
+``out_dir`` is replaced only if it is a previous export (marker ``.edge-gr-output``, or a bundle holding
+nothing but its manifest's files) or with ``force=True``; anything else raises ``InputError`` first.
+
 >>> parse_variants("onnxruntime:int8, torch:fp32@teacher")
 [VariantSpec(backend='onnxruntime', precision='int8', source=None), VariantSpec(backend='torch', precision='fp32', source='teacher')]
 """
@@ -24,16 +29,18 @@ import os
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence
 
-from edge_gr.bundle import BundleWriter, RuntimeSpec, write_archive
+from edge_gr.bundle import MANIFEST, BundleWriter, RuntimeSpec, load_manifest, write_archive
 from edge_gr.catalogue import catalogue_lines, index_bytes
 from edge_gr.errors import InputError
+from edge_gr.fsutil import check_output, output_folder
 
 from ..compress.recipe import backend_recipe
 from ..compress.transforms import describe
 from ..generative import GenerativeModel
 from ..model import GenerativeRetriever
 
-__all__ = ["export_bundle", "EXPORTERS", "DEFAULT_VARIANTS", "parse_variants", "VariantSpec", "source_record"]
+__all__ = ["export_bundle", "EXPORTERS", "DEFAULT_VARIANTS", "parse_variants", "VariantSpec", "source_record", "bundle_files",
+           "check_bundle_out"]
 
 
 class VariantSpec(NamedTuple):
@@ -86,6 +93,34 @@ def parse_variants(spec: str) -> list[VariantSpec]:
     return out
 
 
+def bundle_files(folder: Path) -> set[str] | None:
+    """The files of a bundle written before output markers existed: its manifest and what it lists (None: no bundle)."""
+    if not (folder / MANIFEST).is_file():
+        return None
+    return {MANIFEST} | {f.path for f in load_manifest(folder, verify=False).all_files()}
+
+
+def check_bundle_out(out_dir: str | os.PathLike, command: str = "export", *, force: bool = False, archive: bool = False) -> None:
+    """Raise :class:`InputError` if writing a bundle to ``out_dir`` (and, with ``archive``, ``<out_dir>.tar``) would
+    replace something that is not a previous output of ``command`` (``force``: replace anyway)."""
+    out = Path(out_dir)
+    check_output(out, command, force=force, legacy=bundle_files)
+    tar = out.with_name(out.name + ".tar")
+    if archive and not force and (tar.is_symlink() or tar.exists()) and not _is_bundle_archive(tar):
+        raise InputError(f"{tar} exists and is not a bundle archive edge-gr wrote",
+                         hint="move it away, drop --archive, or pass --force (force=True) to replace it")
+
+
+def _is_bundle_archive(path: Path) -> bool:
+    import tarfile
+
+    try:
+        with tarfile.open(path) as tar:
+            return path.is_file() and not path.is_symlink() and MANIFEST in tar.getnames()
+    except (OSError, tarfile.TarError):
+        return False
+
+
 def _catalogue_jsonl(gm: GenerativeModel) -> bytes:
     return catalogue_lines((i.id, i.text, i.meta) for i in gm.items)
 
@@ -121,7 +156,8 @@ def _check_compatible(main: GenerativeModel, name: str, other: GenerativeModel) 
 
 def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Sequence[VariantSpec | tuple] = tuple(DEFAULT_VARIANTS), *,
                   sources: Mapping[str, GenerativeModel] | None = None, main_name: str = "model",
-                  metrics: dict[str, dict] | None = None, model_version: str | None = None, archive: bool = False) -> Path:
+                  metrics: dict[str, dict] | None = None, model_version: str | None = None, archive: bool = False,
+                  force: bool = False, command: str = "export") -> Path:
     """Export each variant of ``gm`` (or of a named checkpoint in ``sources``) and write the bundle folder atomically.
 
     ``variants``: :class:`VariantSpec` or ``(backend, precision[, source])`` tuples. A variant is
@@ -129,7 +165,11 @@ def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Seq
     A source carrying a recipe (``recipe.json`` from ``edge-gr compress``) is exported at that precision
     only. ``metrics`` maps variant name to a metrics dict stored in the manifest. With ``archive=True``
     a single-file ``<out_dir>.tar`` is written too.
+
+    An existing ``out_dir`` is replaced only if it is a previous output of ``command`` (``edge-gr export``; ``build``
+    passes its own) with nothing added, or with ``force=True``; else :class:`InputError`, before anything is exported.
     """
+    check_bundle_out(out_dir, command, force=force, archive=archive)
     specs = [VariantSpec(*v) for v in variants]
     srcs = {main_name: gm, **dict(sources or {})}
     for s in specs:
@@ -155,7 +195,8 @@ def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Seq
     meta = {"config": cfg.to_dict(), "params": gm.model.n_params(), "exported": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     records = {n: source_record(n, g) for n, g in srcs.items() if any((s.source or main_name) == n for s in specs)}
     out = Path(out_dir)
-    with BundleWriter(out, task=cfg.task, model_version=str(version), runtime=spec, id_scheme=id_scheme, meta=meta) as w:
+    with output_folder(out, command, force=force, legacy=bundle_files) as stage, \
+            BundleWriter(stage, task=cfg.task, model_version=str(version), runtime=spec, id_scheme=id_scheme, meta=meta) as w:
         ids_path = w.root / "ids.json"
         gm.ids.save(ids_path)
         w.add_file("ids", "ids.json", ids_path)

@@ -1,7 +1,10 @@
 """``edge-gr export``: turn trained checkpoints into a device bundle.
 
     edge-gr export --checkpoint ckpt/ --out bundle/ [--variants onnxruntime:fp32,onnxruntime:int8@student]
-                   [--source student=variants/int8] [--archive]
+                   [--source student=variants/int8] [--archive] [--force]
+
+``--out`` is written beside itself and swapped in. An existing folder is replaced only if it is a previous
+``edge-gr export`` (nothing added to it); anything else is refused unless ``--force`` is given.
 
 A checkpoint written by ``edge-gr compress`` carries its recipe (``recipe.json``): exported alone,
 its default variants are every backend that has the recipe's precision.
@@ -37,13 +40,17 @@ def cmd_export(args) -> None:
     from ..generative import GenerativeModel
     from .bundle import DEFAULT_VARIANTS, VariantSpec, export_bundle
 
+    from .bundle import check_bundle_out
+
+    check_bundle_out(args.out, "export", force=args.force, archive=args.archive)  # before loading any checkpoint
     gm = GenerativeModel.load(args.checkpoint)
     sources = {name: GenerativeModel.load(path) for name, path in args.source or []}
     variants = args.variants
     if variants is None:
         variants = DEFAULT_VARIANTS if gm.recipe is None else [VariantSpec(b, gm.recipe.precision) for b, r in BACKEND_RECIPES.items()
                                                                if gm.recipe.precision in r]
-    out = export_bundle(gm, args.out, variants, sources=sources, model_version=args.model_version, archive=args.archive)
+    out = export_bundle(gm, args.out, variants, sources=sources, model_version=args.model_version, archive=args.archive,
+                        force=args.force)
     m = load_manifest(out)
     for v in m.variants:
         print(f"{v.name:<24} {v.backend:<12} {v.precision:<5} {v.size / 1e6:8.2f} MB  from {v.source.get('name')}")
@@ -54,7 +61,9 @@ def add_parser(sub) -> None:
     """Register the ``export`` subcommand on an argparse sub-parser collection."""
     sp = sub.add_parser("export", help="export checkpoints as a device bundle (ExecuTorch / ONNX Runtime / LiteRT / torch variants)")
     sp.add_argument("--checkpoint", required=True, help="checkpoint folder written by `edge-gr train` (the main model)")
-    sp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically)")
+    sp.add_argument("--out", required=True, help="bundle folder to write (replaced atomically; an existing folder only if it is "
+                                                 "a previous export, unless --force)")
+    sp.add_argument("--force", action="store_true", help="replace --out (and OUT.tar) even if it holds files edge-gr did not write")
     sp.add_argument("--variants", type=_variants, default=None,
                     help="comma-separated BACKEND:PRECISION[@SOURCE] (default: executorch fp32/int8/int4, onnxruntime fp32/int8, "
                          "litert fp32/int8, torch fp32; for a checkpoint with a recipe: every backend at its precision)")
