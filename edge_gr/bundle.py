@@ -23,6 +23,16 @@ is built in a temporary folder beside the target and renamed into place.
 ...     _ = w.add_file("popularity", "popularity.json", b'["a"]')
 >>> load_manifest(d / "b").files["popularity"].size
 5
+
+A malformed manifest is refused naming the field:
+
+>>> doc = json.loads((d / "b" / MANIFEST).read_text())
+>>> doc["files"]["popularity"]["size"] = "5"
+>>> try:
+...     BundleManifest.from_dict(doc)
+... except BundleError as e:
+...     print(e.message)
+manifest.json: files.popularity.size must be an integer, got str '5'
 """
 
 from __future__ import annotations
@@ -40,7 +50,7 @@ from typing import Literal, Sequence
 from .errors import BundleError
 
 __all__ = ["PRECISIONS", "BundleManifest", "FileEntry", "Variant", "RuntimeSpec", "BundleWriter", "load_manifest", "open_bundle",
-           "write_archive", "verify_files", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST"]
+           "write_archive", "verify_files", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "TASKS", "MAX_MANIFEST_BYTES"]
 
 FORMAT_NAME = "edge-gr-bundle"
 FORMAT_VERSION = 1
@@ -127,23 +137,154 @@ class BundleManifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "BundleManifest":
+        """Parse a manifest document, checking every field's type and value.
+
+        Anything wrong is a :class:`BundleError` naming the field (``files.catalogue.size``,
+        ``variants[0].precision``, ...), never a ``KeyError`` or ``TypeError``.
+        """
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise BundleError(f"{MANIFEST} is not an {FORMAT_NAME} manifest", hint=_REBUILD)
-        if d.get("format_version") != FORMAT_VERSION:
-            raise BundleError(f"{MANIFEST} has format version {d.get('format_version')}, this edge-gr reads version {FORMAT_VERSION}",
+        fv = d.get("format_version")
+        if type(fv) is not int or fv != FORMAT_VERSION:  # `true == 1` in JSON-land: a bool is not a version
+            raise BundleError(f"{MANIFEST} has format version {_show(fv)}, this edge-gr reads version {FORMAT_VERSION}",
                               hint=f"{_REBUILD} with a matching edge-gr version, or update edge-gr on the device")
-        try:
-            rt = dict(d["runtime"])
-            rt["levels"] = tuple(rt["levels"])
-            files = {k: FileEntry(**v) for k, v in d["files"].items()}
-            variants = [Variant(name=v["name"], backend=v["backend"], precision=v["precision"],
-                                files={k: FileEntry(**f) for k, f in v["files"].items()},
-                                static=v.get("static", {}), metrics=v.get("metrics", {}), recipe=v.get("recipe", {}),
-                                source=v.get("source", {})) for v in d["variants"]]
-            return cls(model_version=d["model_version"], task=d["task"], runtime=RuntimeSpec(**rt), files=files,
-                       variants=variants, id_scheme=d.get("id_scheme", {}), meta=d.get("meta", {}))
-        except (KeyError, TypeError, ValueError) as e:
-            raise BundleError(f"{MANIFEST} is malformed ({type(e).__name__}: {e})", hint=_REBUILD) from None
+        task = _field(d, "task", str, "")
+        if task not in TASKS:
+            raise _bad("task", f"is {_show(task)}; this edge-gr serves {' and '.join(TASKS)}")
+        rt = _field(d, "runtime", dict, "")
+        _known(rt, {"task", "levels", "max_len", "d_model", "io"}, "runtime")
+        rt_task = _field(rt, "task", str, "runtime.")
+        if rt_task != task:
+            raise _bad("runtime.task", f"is {_show(rt_task)} but task is {task!r} (the bundle contradicts itself)")
+        levels = _field(rt, "levels", list, "runtime.")
+        if not levels:
+            raise _bad("runtime.levels", "is empty")
+        runtime = RuntimeSpec(task=task, levels=tuple(_pos_int(x, f"runtime.levels[{i}]") for i, x in enumerate(levels)),
+                              max_len=_pos_int(_field(rt, "max_len", int, "runtime."), "runtime.max_len"),
+                              d_model=_pos_int(_field(rt, "d_model", int, "runtime."), "runtime.d_model"),
+                              **({"io": _field(rt, "io", str, "runtime.")} if "io" in rt else {}))
+        files = _files(_field(d, "files", dict, ""), "files")
+        variants: list[Variant] = []
+        for n, v in enumerate(_field(d, "variants", list, "")):
+            where = f"variants[{n}]"
+            if not isinstance(v, dict):
+                raise _bad(where, f"must be an object, got {type(v).__name__}")
+            name = _field(v, "name", str, f"{where}.")
+            if any(u.name == name for u in variants):
+                raise _bad(f"{where}.name", f"{name!r} is used by two variants")
+            precision = _field(v, "precision", str, f"{where}.")
+            if precision not in PRECISIONS:
+                raise _bad(f"{where}.precision", f"is {_show(precision)}, not one of {', '.join(PRECISIONS)}")
+            static = _free(v, "static", f"{where}.")
+            for key in ("batch", "beam", "max_batch", "max_beam", "max_len"):
+                if static.get(key) is not None:
+                    _pos_int(static[key], f"{where}.static.{key}")
+            source = _free(v, "source", f"{where}.")
+            cfg_task = source.get("config", {}).get("task") if isinstance(source.get("config"), dict) else None
+            if cfg_task is not None and cfg_task != task:
+                raise _bad(f"{where}.source.config.task", f"is {_show(cfg_task)} but task is {task!r} (the bundle contradicts itself)")
+            variants.append(Variant(name=name, backend=_field(v, "backend", str, f"{where}."), precision=precision,
+                                    files=_files(_field(v, "files", dict, f"{where}."), f"{where}.files"), static=static,
+                                    metrics=_free(v, "metrics", f"{where}."), recipe=_free(v, "recipe", f"{where}."), source=source))
+        return cls(model_version=_field(d, "model_version", str, ""), task=task, runtime=runtime, files=files, variants=variants,
+                   id_scheme=_free(d, "id_scheme", ""), meta=_free(d, "meta", ""))
+
+    def check_runnable(self) -> None:
+        """The roles the device runtime reads must be listed: ``catalogue``, ``ids`` (or the compact ``index``),
+        ``tokenizer`` for retrieval, and at least one variant; else a :class:`BundleError` naming the role."""
+        need = ["catalogue", "ids" if "index" not in self.files else "index"] + (["tokenizer"] if self.task == "retrieval" else [])
+        missing = [r for r in need if r not in self.files]
+        if missing:
+            listed = ", ".join(self.files) or "none"
+            raise BundleError(f"{MANIFEST}: a {self.task} bundle needs files.{missing[0]}, which it does not list (it lists {listed})",
+                              hint=f"{_REBUILD}; a bundle whose task was edited does not match its files")
+        if not self.variants:
+            raise BundleError(f"{MANIFEST} lists no variants (no model to run)", hint=_REBUILD)
+
+
+TASKS = ("rec", "retrieval")
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest is a few KB; anything this large is not one
+_MAX_DEPTH = 32                # free-form objects (meta, metrics, ...) nest at most this deep
+_MISSING = object()
+
+
+def _show(v) -> str:
+    """A short picture of a manifest value for an error message."""
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
+        return f"a {v.bit_length()}-bit integer"
+    try:
+        s = repr(v)
+    except RecursionError:  # a value nested too deeply to print
+        return f"a deeply nested {type(v).__name__}"
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _bad(field: str, why: str) -> BundleError:
+    return BundleError(f"{MANIFEST}: {field} {why}", hint=_REBUILD)
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "a list"}
+
+
+def _field(d: dict, key: str, typ: type, where: str, default=_MISSING):
+    """``d[key]``, which must be of ``typ`` (``bool`` is not an integer)."""
+    if key not in d:
+        if default is not _MISSING:
+            return default
+        raise _bad(f"{where}{key}", "is missing")
+    v = d[key]
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise _bad(f"{where}{key}", f"must be {_TYPE_NAMES.get(typ, typ.__name__)}, got {type(v).__name__} {_show(v)}")
+    return v
+
+
+def _pos_int(v, field: str, low: int = 1) -> int:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _bad(field, f"must be an integer, got {type(v).__name__} {_show(v)}")
+    if v < low:
+        raise _bad(field, f"must be at least {low}, got {_show(v)}")
+    return v
+
+
+def _known(d: dict, keys: set[str], where: str) -> None:
+    extra = sorted(str(k) for k in d if k not in keys)
+    if extra:
+        raise _bad(where, f"has unknown fields {extra[:5]}")
+
+
+def _depth_ok(v) -> bool:
+    """Whether ``v`` nests at most ``_MAX_DEPTH`` levels (iterative: a deep value cannot blow the stack here)."""
+    stack = [(v, 0)]
+    while stack:
+        x, depth = stack.pop()
+        if isinstance(x, (dict, list)):
+            if depth >= _MAX_DEPTH:
+                return False
+            stack.extend((y, depth + 1) for y in (x.values() if isinstance(x, dict) else x))
+    return True
+
+
+def _free(d: dict, key: str, where: str) -> dict:
+    """A free-form object field (``meta``, ``metrics``, ...): optional, an object, not nested absurdly deep."""
+    v = _field(d, key, dict, where, default={})
+    if not _depth_ok(v):
+        raise _bad(f"{where}{key}", f"nests deeper than {_MAX_DEPTH} levels")
+    return v
+
+
+def _files(d: dict, where: str) -> dict[str, FileEntry]:
+    out = {}
+    for role, f in d.items():
+        at = f"{where}.{role}"
+        if not isinstance(f, dict):
+            raise _bad(at, f"must be an object with path, sha256 and size, got {type(f).__name__}")
+        _known(f, {"path", "sha256", "size"}, at)
+        path = _field(f, "path", str, f"{at}.")
+        if not path or "\0" in path:
+            raise _bad(f"{at}.path", f"is not a file path ({_show(path)})")
+        out[role] = FileEntry(path=path, sha256=_field(f, "sha256", str, f"{at}."),
+                              size=_pos_int(_field(f, "size", int, f"{at}."), f"{at}.size", low=0))
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -265,9 +406,15 @@ def _read_manifest(root: Path) -> BundleManifest:
     if not mpath.is_file():
         raise BundleError(f"{root} is not an edge-gr bundle (no {MANIFEST})", hint=_REBUILD)
     try:
-        doc = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{mpath} is corrupted ({e})", hint=_REBUILD) from None
+        size = mpath.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{mpath} has {size:,} bytes, too many for a manifest (corrupted?)", hint=_REBUILD)
+        doc = json.loads(mpath.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise BundleError(f"{mpath} cannot be read ({e.strerror or e})", hint="check the bundle folder's permissions") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, an integer of 5,000 digits; deep nesting
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise BundleError(f"{mpath} is corrupted ({why})", hint=_REBUILD) from None
     return BundleManifest.from_dict(doc)
 
 
@@ -281,17 +428,25 @@ def verify_files(root: str | os.PathLike, files) -> None:
     """Check each :class:`FileEntry` (inside the bundle, present, size, sha256); :class:`BundleError` names the first bad one."""
     root = Path(root)
     for f in files:
-        p = (root / f.path).resolve()
-        if root.resolve() not in p.parents:
-            raise BundleError(f"{MANIFEST} lists {f.path!r}, which is outside the bundle", hint=_REBUILD)
-        if not p.is_file():
-            raise BundleError(f"{f.path} is missing from the bundle {root}", hint=f"copy the whole bundle again or {_REBUILD}")
-        if p.stat().st_size != f.size:
-            raise BundleError(f"{f.path} has {p.stat().st_size} bytes, the manifest says {f.size} (truncated or replaced)",
-                              hint=f"copy the whole bundle again or {_REBUILD}")
-        if _sha256(p) != f.sha256:
-            raise BundleError(f"{f.path} does not match its sha256 in the manifest (corrupted)",
-                              hint=f"copy the whole bundle again or {_REBUILD}")
+        try:
+            _verify_one(root, f)
+        except OSError as e:  # a path the file system refuses (too long, unreadable, ...)
+            raise BundleError(f"{f.path!r} of the bundle {root} cannot be read ({e.strerror or e})",
+                              hint=f"copy the whole bundle again or {_REBUILD}") from None
+
+
+def _verify_one(root: Path, f: FileEntry) -> None:
+    p = (root / f.path).resolve()
+    if root.resolve() not in p.parents:
+        raise BundleError(f"{MANIFEST} lists {f.path!r}, which is outside the bundle", hint=_REBUILD)
+    if not p.is_file():
+        raise BundleError(f"{f.path} is missing from the bundle {root}", hint=f"copy the whole bundle again or {_REBUILD}")
+    if p.stat().st_size != f.size:
+        raise BundleError(f"{f.path} has {p.stat().st_size} bytes, the manifest says {f.size} (truncated or replaced)",
+                          hint=f"copy the whole bundle again or {_REBUILD}")
+    if _sha256(p) != f.sha256:
+        raise BundleError(f"{f.path} does not match its sha256 in the manifest (corrupted)",
+                          hint=f"copy the whole bundle again or {_REBUILD}")
 
 
 def load_manifest(path: str | os.PathLike, *, verify: bool = True, variants: Sequence[str] | None = None) -> BundleManifest:

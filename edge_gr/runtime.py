@@ -10,7 +10,9 @@
 Retrieval bundles take text (checked: empty, over 10,000 characters or not valid
 Unicode -> :class:`~edge_gr.errors.InputError`); recommendation bundles take a
 history (item ids, oldest first): unknown ids are dropped, and an empty history gets
-the bundle's popularity ranking (score ``nan``).
+the bundle's popularity ranking (score ``nan``). ``k``, ``beam`` and the queries are
+checked by :mod:`edge_gr.validate`, the same checks as the cloud model's; a manifest
+that lacks a role the runtime reads is a :class:`~edge_gr.errors.BundleError`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from .bundle import BundleManifest, Variant, open_bundle, verify_files
 from .decode import beam_search
 from .errors import BackendUnavailableError, BundleError, InputError
 from .ids import SemanticIds
-from .search import DEFAULT_BEAM, Hit
+from .search import Hit
 from .text import check_query, encode
+from .validate import check_beam, check_flag, check_history, check_k, check_queries
 
 __all__ = ["load", "Retriever", "Hit"]
 
@@ -131,28 +134,52 @@ class Retriever:
         rt = manifest.runtime
         self.task, self.levels = manifest.task, tuple(rt.levels)
         self._offsets = np.concatenate([[0], np.cumsum(self.levels)[:-1]]).astype(np.int64)
-        cat = root / manifest.files["catalogue"].path
-        if "index" in manifest.files:  # the compact index: arrays, titles parsed only for the hits
-            from .catalogue import load_index
+        self._read_files(manifest, root)
 
-            self.ids, self._title = load_index(root / manifest.files["index"].path, cat)
-        else:  # older bundles: parse ids.json and every catalogue line
-            self.ids = SemanticIds.load(root / manifest.files["ids"].path)
-            titles: dict[str, str] = {}
-            with open(cat, encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        rec = json.loads(line)
-                        titles[rec["id"]] = rec.get("title", "")
-            self._title = lambda item: titles.get(item, "")
-        self.popularity: list[str] = []
-        if "popularity" in manifest.files:
-            self.popularity = json.loads((root / manifest.files["popularity"].path).read_text())
+    def _read_files(self, manifest: BundleManifest, root: Path) -> None:
+        """The shared files (verified by sha256, so damage was refused already; a bundle *built* wrong is refused here)."""
+        manifest.check_runnable()
+        cat = root / manifest.files["catalogue"].path
+        where = cat
+        try:
+            if "index" in manifest.files:  # the compact index: arrays, titles parsed only for the hits
+                from .catalogue import load_index
+
+                where = root / manifest.files["index"].path
+                self.ids, self._title = load_index(where, cat)
+            else:  # older bundles: parse ids.json and every catalogue line
+                where = root / manifest.files["ids"].path
+                self.ids = SemanticIds.load(where)
+                where = cat
+                titles: dict[str, str] = {}
+                with open(cat, encoding="utf-8") as f:
+                    for line in f:
+                        if line.strip():
+                            rec = json.loads(line)
+                            titles[str(rec["id"])] = str(rec.get("title", ""))
+                self._title = lambda item: titles.get(item, "")
+            self.popularity: list[str] = []
+            if "popularity" in manifest.files:
+                where = root / manifest.files["popularity"].path
+                pop = json.loads(where.read_bytes().decode("utf-8"))
+                if not isinstance(pop, list) or not all(isinstance(i, str) for i in pop):
+                    raise ValueError("expected a list of item ids")
+                self.popularity = pop
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, RecursionError) as e:
+            raise BundleError(f"{where} cannot be read ({type(e).__name__}: {str(e)[:200]})",
+                              hint="re-export the bundle with `edge-gr export`") from None
+        if tuple(self.ids.levels) != self.levels:
+            raise BundleError(f"manifest.json: runtime.levels is {list(self.levels)} but the semantic IDs have levels {list(self.ids.levels)}",
+                              hint="re-export the bundle with `edge-gr export`")
         self.tokenizer = None
         if self.task == "retrieval":
             from tokenizers import Tokenizer
 
-            self.tokenizer = Tokenizer.from_file(str(root / manifest.files["tokenizer"].path))
+            tok = root / manifest.files["tokenizer"].path
+            try:
+                self.tokenizer = Tokenizer.from_file(str(tok))
+            except Exception as e:  # the tokenizers library raises plain Exception for a bad file
+                raise BundleError(f"{tok} is not a tokenizer ({str(e)[:200]})", hint="re-export the bundle with `edge-gr export`") from None
 
     # -- variants --------------------------------------------------------------
     @property
@@ -195,16 +222,15 @@ class Retriever:
 
     def search_many(self, queries: Sequence[str | Sequence[str]], k: int = 10, *, beam: int | None = None,
                     exclude_seen: bool = False) -> list[list[Hit]]:
-        """Batched :meth:`search` (one encoder call and one decoder call per level for all queries)."""
-        if isinstance(queries, (str, bytes)):
-            raise InputError("search_many takes a list of queries", hint="use search(query) for one query")
-        beam = DEFAULT_BEAM if beam is None else beam
-        if not isinstance(k, int) or k < 1 or not isinstance(beam, int) or beam < 1:
-            raise InputError(f"k and beam must be positive integers, got k={k!r}, beam={beam!r}", hint="e.g. k=10, beam=20")
-        exclude = exclude_seen and self.task == "rec"
-        k = min(k, len(self.ids))
-        want = min(max(beam, k), len(self.ids)) if exclude else k  # seen items are dropped from the top `beam`
-        beam = max(beam, want)
+        """Batched :meth:`search` (one encoder call and one decoder call per level for all queries).
+
+        Arguments are checked by :mod:`edge_gr.validate` (the cloud model's checks):
+        :class:`~edge_gr.errors.InputError` for a bad ``k``, ``beam``, query or history."""
+        queries = check_queries(queries, self.task)
+        k = check_k(k, len(self.ids))
+        beam = check_beam(beam, k)
+        exclude = check_flag(exclude_seen) and self.task == "rec"
+        want = min(beam, len(self.ids)) if exclude else k  # seen items are dropped from the top `beam`
         with self._lock:
             model = self._model
         n = self._input_len(model)
@@ -227,10 +253,7 @@ class Retriever:
     def _rec_src(self, histories, max_len: int) -> np.ndarray:
         src = np.zeros((len(histories), max_len), dtype=np.int64)
         for r, h in enumerate(histories):
-            if isinstance(h, (str, bytes)) or not isinstance(h, Sequence):
-                raise InputError("a recommender takes a history (a list of item ids, oldest first), not text",
-                                 hint="pass e.g. ['Toy Story (1995)']")
-            rows = [self.ids._index[i] + 1 for i in h if isinstance(i, str) and i in self.ids._index][-max_len:]
+            rows = [self.ids._index[i] + 1 for i in check_history(h) if i in self.ids._index][-max_len:]
             if rows:
                 src[r, max_len - len(rows):] = rows
         return src
@@ -306,6 +329,7 @@ def load(path: str | os.PathLike, backend: str = "auto", variant: str | None = N
     package is installed. ``threads`` caps the backend's CPU threads (None = its default).
     """
     manifest, root, keep = open_bundle(path, variants=())  # the shared files now, a variant's own files when it is chosen
+    manifest.check_runnable()  # the roles the runtime reads (a task edited by hand, a role missing): BundleError, not KeyError
     if variant is not None:
         chosen = [manifest.variant(variant)]
     else:

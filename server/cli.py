@@ -201,8 +201,11 @@ def _user_history(gm, user: str) -> list[str]:
 
 def cmd_search(args) -> None:
     """A checkpoint (cloud model) or a bundle (device runtime, no torch on its path) answers the same way."""
+    from edge_gr.validate import check_beam, check_k
+
     from .api import load
 
+    check_beam(args.beam, check_k(args.k))  # before a model is loaded: `-k 0`, `-k -5`, `--beam 0` fail at once (exit 2)
     path = Path(args.checkpoint)
     bundle = (path / "manifest.json").is_file() or path.suffix == ".tar"
     if bundle:
@@ -340,8 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("query", nargs="?", default=None, help="query text (retrieval model)")
     sp.add_argument("--history", nargs="*", default=None, help="item ids, oldest first (recommender)")
     sp.add_argument("--user", default=None, help="a user of the checkpoint's data set (recommender): recommend from their history")
-    sp.add_argument("-k", type=int, default=10)
-    sp.add_argument("--beam", type=int, default=None, help="beams per level (default 20)")
+    from edge_gr.search import DEFAULT_BEAM
+    from edge_gr.validate import MAX_BEAM, MAX_K
+
+    sp.add_argument("-k", type=int, default=10, help=f"number of results, 1 to {MAX_K} (default 10)")
+    sp.add_argument("--beam", type=int, default=None, help=f"beams per level, 1 to {MAX_BEAM} (default {DEFAULT_BEAM})")
     sp.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")
     sp.set_defaults(fn=cmd_search)
 
@@ -420,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except EdgeGRError as e:
-        print(f"edge-gr: error: {e}", file=sys.stderr)
+    except EdgeGRError as e:  # bad input and bad files become EdgeGRErrors where they are read; anything else is a bug and keeps its trace
+        msg = " ".join(str(e).splitlines())  # one line, even when it quotes a backend's multi-line message
+        print(f"edge-gr: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edge-gr: interrupted", file=sys.stderr)

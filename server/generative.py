@@ -37,9 +37,10 @@ import numpy as np
 import torch
 
 from edge_gr.decode import beam_search
-from edge_gr.errors import FormatError, InputError
+from edge_gr.errors import EdgeGRError, FormatError, InputError
 from edge_gr.ids import SemanticIds
 from edge_gr.search import DEFAULT_BEAM, Hit
+from edge_gr.validate import check_batch_size, check_beam, check_flag, check_k, check_queries
 
 from .data.base import Item
 from .data.jsonl import read_items, write_items
@@ -110,14 +111,19 @@ class GenerativeModel:
         """Rec's low-level ranking: ``(item id, log-probability)`` per history (items unknown to the catalogue are skipped).
 
         A history with no known item gets the popularity ranking (score ``nan``), the
-        documented fallback for new users.
+        documented fallback for new users. Arguments are checked by :mod:`edge_gr.validate`.
         """
         if self.task != "rec":
             raise InputError("this is a retrieval model", hint="call search(text) instead of rank(history)")
+        histories = check_queries(histories, "rec")
+        k = check_k(k, len(self.ids))
+        return self._rank(histories, k, check_beam(beam, k), check_flag(exclude_seen), check_batch_size(batch_size))
+
+    def _rank(self, histories: list[list[str]], k: int, beam: int, exclude_seen: bool, batch_size: int) -> list[list[tuple[str, float]]]:
         results: list[list[tuple[str, float]]] = []
         # With exclude_seen the beam's top-`beam` IDs are decoded and seen items dropped
         # from them (a user with many seen items among those may get fewer than k back).
-        want = min(max(beam, k) if exclude_seen else k, len(self.ids))
+        want = min(beam if exclude_seen else k, len(self.ids))
         for s in range(0, len(histories), batch_size):
             chunk = histories[s:s + batch_size]
             src = self._history_tensor(chunk)
@@ -135,23 +141,21 @@ class GenerativeModel:
         """Top-``k`` hits (catalogue id, log-probability, title), best first (:class:`edge_gr.search.Searcher`).
 
         ``query`` is text for a retrieval model, a list of item ids (the history) for a
-        recommender. Bad input raises :class:`InputError` with what to do.
+        recommender. Bad input raises :class:`InputError` with what to do (:mod:`edge_gr.validate`,
+        the device runtime's checks: ``1 <= k <= MAX_K``, ``1 <= beam <= MAX_BEAM``, ...).
         """
         return self.search_many([query], k, beam=beam, exclude_seen=exclude_seen)[0]
 
     def search_many(self, queries: Sequence[str | Sequence[str]], k: int = 10, *, beam: int | None = None,
                     exclude_seen: bool = False, batch_size: int = 256) -> list[list[Hit]]:
-        """Batched :meth:`search`: texts for a retrieval model, histories for a recommender."""
-        if isinstance(queries, (str, bytes)):
-            raise InputError("search_many takes a list of queries", hint="use search(query) for one query")
-        beam = DEFAULT_BEAM if beam is None else beam
+        """Batched :meth:`search`: texts for a retrieval model, histories for a recommender (a list; an iterator is read once)."""
+        queries = check_queries(queries, self.task)
+        k = check_k(k, len(self.ids))
+        beam, exclude_seen, batch_size = check_beam(beam, k), check_flag(exclude_seen), check_batch_size(batch_size)
         if self.task == "rec":
-            bad = [q for q in queries if isinstance(q, (str, bytes))]
-            if bad:
-                raise InputError("a recommender takes a history (list of item ids), not text", hint="pass e.g. ['Toy Story (1995)']")
-            ranked = self.rank([list(q) for q in queries], k, beam=beam, exclude_seen=exclude_seen)
+            ranked = self._rank(queries, k, beam, exclude_seen, batch_size)
         else:
-            ranked = self.rank_texts(queries, k, beam=beam, batch_size=batch_size)
+            ranked = self._rank_texts(queries, k, beam, batch_size)
         titles = self._titles()
         return [[Hit(i, s, titles.get(i, "")) for i, s in row] for row in ranked]
 
@@ -159,7 +163,11 @@ class GenerativeModel:
         """Retrieval's low-level ranking: ``(doc id, log-probability)`` per text (what evaluation reads)."""
         if self.task != "retrieval":
             raise InputError("this is a recommender", hint="call rank(histories) or search(history)")
-        texts = [check_query(t) for t in texts]
+        texts = check_queries(texts, "retrieval")
+        k = check_k(k, len(self.ids))
+        return self._rank_texts(texts, k, check_beam(beam, k), check_batch_size(batch_size))
+
+    def _rank_texts(self, texts: list[str], k: int, beam: int, batch_size: int) -> list[list[tuple[str, float]]]:
         out = []
         for s in range(0, len(texts), batch_size):
             src = torch.from_numpy(encode(self.tokenizer, list(texts[s:s + batch_size]), self.model.cfg.max_len))
@@ -222,30 +230,63 @@ class GenerativeModel:
         hfile = path / "edge_gr_model.json"
         if not hfile.is_file():
             raise FormatError(f"{path} is not an edge-gr checkpoint (no edge_gr_model.json)", hint="train one with `edge-gr train`")
-        try:
-            header = json.loads(hfile.read_text())
-        except json.JSONDecodeError as e:
-            raise FormatError(f"{hfile} is corrupted ({e})", hint="retrain with `edge-gr train`") from None
-        if header.get("format") != CKPT_FORMAT or header.get("version") != CKPT_VERSION:
-            raise FormatError(f"{hfile}: format {header.get('format')} v{header.get('version')}, expected {CKPT_FORMAT} v{CKPT_VERSION}",
-                              hint="retrain with this version's `edge-gr train`")
+        retrain = "retrain with `edge-gr train`"
+        header = _read_json(hfile, retrain)
+        if not isinstance(header, dict) or header.get("format") != CKPT_FORMAT or header.get("version") != CKPT_VERSION:
+            got = f"format {header.get('format')!r:.40} v{header.get('version')!r:.20}" if isinstance(header, dict) else f"a JSON {type(header).__name__}"
+            raise FormatError(f"{hfile}: {got}, expected {CKPT_FORMAT} v{CKPT_VERSION}", hint="retrain with this version's `edge-gr train`")
         from .compress.recipe import QuantRecipe
         from .compress.transforms import apply_transforms
 
+        if not isinstance(header.get("config"), dict):
+            raise FormatError(f"{hfile}: 'config' is missing or not an object", hint=retrain)
         cfg_d = dict(header["config"])
         if cfg_d.pop("quant", None) or cfg_d.pop("grouped", None):
             raise FormatError(f"{path} is a fake-quantized / grouped checkpoint of an older edge-gr",
                               hint="re-run `edge-gr compress`: it now writes fp32 checkpoints plus recipe.json")
-        cfg = GRConfig.from_dict(cfg_d)
-        ids = SemanticIds.load(path / "ids.json")
+        try:
+            cfg = GRConfig.from_dict(cfg_d)
+        except (KeyError, TypeError, ValueError) as e:  # a field missing, unknown or of the wrong type
+            if isinstance(e, EdgeGRError):
+                raise
+            raise FormatError(f"{hfile}: 'config' is not a model config of this edge-gr ({type(e).__name__}: {str(e)[:120]})",
+                              hint=retrain) from None
+        try:
+            ids = SemanticIds.load(path / "ids.json")
+        except (KeyError, TypeError, ValueError, RecursionError) as e:  # a damaged file SemanticIds' own checks let through
+            raise FormatError(f"{path / 'ids.json'} is damaged ({type(e).__name__}: {str(e)[:120]})", hint=retrain) from None
         codes = torch.from_numpy(ids.codes) if cfg.task == "rec" else None
-        model = apply_transforms(GenerativeRetriever(cfg, codes=codes), header.get("transforms") or [])
+        transforms = header.get("transforms") or []
+        if not isinstance(transforms, list):
+            raise FormatError(f"{hfile}: 'transforms' must be a list", hint=retrain)
+        model = apply_transforms(GenerativeRetriever(cfg, codes=codes), transforms)
         try:
             missing, unexpected = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
         except Exception as e:  # safetensors raises its own error types for truncated files
             raise FormatError(f"{path / 'model.safetensors'} cannot be read ({e})", hint="retrain with `edge-gr train`") from None
         if [m for m in missing if m != "item_codes"] or unexpected:
             raise FormatError(f"{path / 'model.safetensors'} does not match its config", hint="retrain with `edge-gr train`")
-        tok = Tokenizer.from_file(str(path / "tokenizer.json")) if (path / "tokenizer.json").is_file() else None
-        pop = json.loads((path / "popularity.json").read_text()) if (path / "popularity.json").is_file() else None
-        return cls(model.to(device), ids, read_items(path / "items.jsonl"), tok, pop, header.get("meta"), QuantRecipe.load(path))
+        tok = None
+        if (path / "tokenizer.json").is_file():
+            try:
+                tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+            except Exception as e:  # the tokenizers library raises plain Exception for a bad file
+                raise FormatError(f"{path / 'tokenizer.json'} is not a tokenizer ({str(e)[:120]})", hint=retrain) from None
+        pop = _read_json(path / "popularity.json", retrain) if (path / "popularity.json").is_file() else None
+        if pop is not None and not (isinstance(pop, list) and all(isinstance(i, str) for i in pop)):
+            raise FormatError(f"{path / 'popularity.json'} is not a list of item ids", hint=retrain)
+        meta = header.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise FormatError(f"{hfile}: 'meta' must be an object", hint=retrain)
+        return cls(model.to(device), ids, read_items(path / "items.jsonl"), tok, pop, meta, QuantRecipe.load(path))
+
+
+def _read_json(p: Path, hint: str):
+    """A checkpoint's JSON file; a damaged one (not UTF-8, not JSON, nested absurdly deep) is a :class:`FormatError`."""
+    try:
+        return json.loads(p.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise FormatError(f"{p} cannot be read ({e.strerror or e})", hint="check the checkpoint folder's permissions") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, a 5,000-digit number; deep nesting
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:120]
+        raise FormatError(f"{p} is corrupted ({why})", hint=hint) from None

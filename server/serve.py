@@ -117,6 +117,10 @@ def add_parser(sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .security import from_args
 
+    from edge_gr.validate import MAX_BEAM
+
+    if not 1 <= args.beam <= MAX_BEAM:
+        raise InputError(f"--beam {args.beam} is outside 1..{MAX_BEAM}", hint="e.g. --beam 50")
     sec = from_args(args)  # refuses 0.0.0.0 without tokens, checks the TLS files, before loading anything
     if args.shards:
         return _serve_sharded(args, sec)

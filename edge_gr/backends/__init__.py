@@ -7,6 +7,15 @@ two graphs of the bundle I/O ``enc-kv/dec-full-prefix/v1`` on numpy arrays:
 * ``decode(prefix (N, B, L) int64, enc_outputs) -> logits (N, B, L, V)``
 * ``static``: ``{}`` for dynamic shapes, else ``{"batch": n, "beam": b}`` the graphs were fixed to
 
+ONNX Runtime telemetry is off. The official onnxruntime wheels (1.32) start Microsoft's 1DS
+telemetry when the library is *imported*: a device id and an event queue are written to
+``$XDG_CACHE_HOME`` (else ``~/.cache``) ``/Microsoft/DeveloperTools/.onnxruntime/`` and events are
+uploaded. ``onnxruntime.disable_telemetry_events()`` only drops non-essential events and comes too
+late for that; the switch that stops it all is the environment variable
+``ORT_DISABLE_TELEMETRY=1``, read once when onnxruntime loads. Importing this package (and so
+``import edge_gr``) sets it unless the process already set it: a process that imports onnxruntime
+*before* edge-gr must set it itself, and ``ORT_DISABLE_TELEMETRY=0`` (set before the import) keeps
+ONNX Runtime's default.
 >>> sorted(BACKENDS)
 ['executorch', 'litert', 'onnxruntime', 'torch']
 >>> AUTO_ORDER
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +35,10 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 
-__all__ = ["BACKENDS", "AUTO_ORDER", "Session", "BackendInfo", "register", "available", "open_session"]
+__all__ = ["BACKENDS", "AUTO_ORDER", "Session", "BackendInfo", "register", "available", "open_session", "ORT_TELEMETRY_ENV"]
+
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"  # read by onnxruntime when it is imported (see the module docstring)
+os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
 
 
 class Session(Protocol):

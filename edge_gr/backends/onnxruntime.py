@@ -1,7 +1,13 @@
-"""ONNX Runtime backend: ``encoder.onnx`` + ``decoder.onnx``, dynamic batch and beams."""
+"""ONNX Runtime backend: ``encoder.onnx`` + ``decoder.onnx``, dynamic batch and beams.
+
+Telemetry is off: ``ORT_DISABLE_TELEMETRY=1`` is set before onnxruntime is imported (by
+:mod:`edge_gr.backends`, see there), and every session also calls
+``onnxruntime.disable_telemetry_events()`` in case onnxruntime was imported before edge-gr.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +19,14 @@ class OrtSession:
     static: dict = {}
 
     def __init__(self, files: dict[str, Path], threads: int | None):
+        from . import ORT_TELEMETRY_ENV, missing
+
+        os.environ.setdefault(ORT_TELEMETRY_ENV, "1")  # before the first import of onnxruntime (it reads it at load)
         try:
             import onnxruntime as ort
         except ImportError as e:
-            from . import missing
-
             raise missing("onnxruntime", e) from None
+        ort.disable_telemetry_events()  # no effect once the variable is set; the non-essential events otherwise
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads

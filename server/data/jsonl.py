@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -35,21 +37,37 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path} does not exist", hint="pass the path of a JSONL file (one JSON object per line)")
     opener = gzip.open if path.suffix == ".gz" else open  # .jsonl.gz is read the same way
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise DataError(f"{path}:{n}: line is not valid UTF-8", hint="re-encode the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})", hint="fix or remove that line") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}", hint="write one object per line")
-            yield n, rec
+    n = 0
+    try:
+        with opener(path, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                rec = _parse_line(path, n, raw)
+                if rec is not None:
+                    yield n, rec
+    except (OSError, EOFError, zlib.error) as e:  # unreadable, or a damaged / truncated .gz (BadGzipFile is an OSError)
+        at = f"{path}:{n + 1}" if n else str(path)
+        raise DataError(f"{at}: cannot be read ({type(e).__name__}: {e})",
+                        hint="check the file (a .gz must be a complete gzip file) or write it again") from None
+
+
+def _parse_line(path: Path, n: int, raw: bytes) -> dict | None:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}:{n}: line is not valid UTF-8", hint="re-encode the file as UTF-8") from None
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})", hint="fix or remove that line") from None
+    except RecursionError:
+        raise DataError(f"{path}:{n}: JSON nested too deeply", hint="write flat records, one object per line") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"{path}:{n}: malformed JSON ({str(e)[:120]})", hint="fix or remove that line") from None
+    if not isinstance(rec, dict):
+        raise DataError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}", hint="write one object per line")
+    return rec
 
 
 def _field(path, n: int, rec: dict, key: str, types: type | tuple[type, ...]):
@@ -57,20 +75,29 @@ def _field(path, n: int, rec: dict, key: str, types: type | tuple[type, ...]):
         raise DataError(f"{path}:{n}: missing field {key!r}", hint=f"every line needs {key!r}")
     v = rec[key]
     if not isinstance(v, types) or isinstance(v, bool):
-        raise DataError(f"{path}:{n}: field {key!r} has type {type(v).__name__}", hint=f"make {key!r} a {types}")
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise DataError(f"{path}:{n}: field {key!r} has type {type(v).__name__}", hint=f"make {key!r} a {names}")
     return v
+
+
+def _id(path, n: int, rec: dict, key: str) -> str:
+    """An id field: a string, or an integer (read as its decimal string)."""
+    return str(_field(path, n, rec, key, (str, int)))
 
 
 def read_items(path: str | os.PathLike) -> list[Item]:
     """Items/docs: ``{"id": str, "text": str, "meta": {...}?}``; ids must be unique."""
     out, seen = [], set()
     for n, rec in _records(path):
-        iid = str(_field(path, n, rec, "id", (str, int)))
+        iid = _id(path, n, rec, "id")
         text = _field(path, n, rec, "text", str)
         if iid in seen:
-            raise DataError(f"{path}:{n}: duplicate id {iid!r}", hint="ids must be unique")
+            raise DataError(f"{path}:{n}: duplicate id {iid!r:.60}", hint="ids must be unique")
         seen.add(iid)
-        out.append(Item(iid, text, rec.get("meta") or {}))
+        meta = rec.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise DataError(f"{path}:{n}: field 'meta' has type {type(meta).__name__}", hint='make "meta" an object, e.g. {"year": 1995}')
+        out.append(Item(iid, text, meta or {}))
     if not out:
         raise DataError(f"{path} holds no items", hint="add at least one item line")
     return out
@@ -80,11 +107,13 @@ def read_queries(path: str | os.PathLike) -> list[Query]:
     """Queries: ``{"qid": str, "text": str, "relevant": [id, ...]}``."""
     out = []
     for n, rec in _records(path):
-        qid = str(_field(path, n, rec, "qid", (str, int)))
+        qid = _id(path, n, rec, "qid")
         text = _field(path, n, rec, "text", str)
         rel = _field(path, n, rec, "relevant", list)
         if not rel:
             raise DataError(f"{path}:{n}: 'relevant' is empty", hint="list at least one relevant id")
+        if not all(isinstance(r, (str, int)) and not isinstance(r, bool) for r in rel):
+            raise DataError(f"{path}:{n}: 'relevant' must be a list of ids (strings or integers)", hint='write e.g. "relevant": ["d1", "d7"]')
         out.append(Query(qid, text, frozenset(str(r) for r in rel)))
     return out
 
@@ -93,9 +122,15 @@ def read_interactions(path: str | os.PathLike) -> dict[str, list[str]]:
     """Interactions ``{"user", "item", "timestamp"}`` -> per-user item sequences in time order."""
     per_user: dict[str, list[tuple[float, int, str]]] = {}
     for n, rec in _records(path):
-        u = str(_field(path, n, rec, "user", (str, int)))
-        i = str(_field(path, n, rec, "item", (str, int)))
-        t = float(_field(path, n, rec, "timestamp", (int, float)))
+        u = _id(path, n, rec, "user")
+        i = _id(path, n, rec, "item")
+        t = _field(path, n, rec, "timestamp", (int, float))
+        try:
+            t = float(t)
+        except OverflowError:
+            t = math.inf
+        if not math.isfinite(t):
+            raise DataError(f"{path}:{n}: 'timestamp' is not a finite number", hint="write the time as seconds since 1970, e.g. 978300760")
         per_user.setdefault(u, []).append((t, n, i))
     return {u: [i for _, _, i in sorted(v)] for u, v in per_user.items()}
 
@@ -161,10 +196,10 @@ def read_doc_texts(path: str | os.PathLike, ids: set[str]) -> dict[str, list[str
     translations, titles, descriptions); every id must be a document's."""
     out: dict[str, list[str]] = {}
     for n, rec in _records(path):
-        did = str(_field(path, n, rec, "id", (str, int)))
+        did = _id(path, n, rec, "id")
         texts = _field(path, n, rec, "texts", list)
         if did not in ids:
-            raise DataError(f"{path}:{n}: id {did!r} is not in the docs file", hint="add that document or drop the line")
+            raise DataError(f"{path}:{n}: id {did!r:.60} is not in the docs file", hint="add that document or drop the line")
         if not all(isinstance(t, str) for t in texts):
             raise DataError(f"{path}:{n}: 'texts' must be a list of strings", hint='write e.g. {"id": "d1", "texts": ["..."]}')
         out.setdefault(did, []).extend(t for t in texts if t.strip())
