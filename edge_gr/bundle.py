@@ -231,7 +231,8 @@ def _field(d: dict, key: str, typ: type, where: str, default=_MISSING):
     if key not in d:
         if default is not _MISSING:
             return default
-        raise _bad(f"{where}{key}", "is missing")
+        # the Kotlin core words it the same way (its vectors compare the messages' starts)
+        raise BundleError(f"{MANIFEST} is malformed (missing field '{where}{key}')", hint=_REBUILD)
     v = d[key]
     if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
         raise _bad(f"{where}{key}", f"must be {_TYPE_NAMES.get(typ, typ.__name__)}, got {type(v).__name__} {_show(v)}")
