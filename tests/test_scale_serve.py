@@ -22,6 +22,10 @@ from server.train import TrainConfig, train_rec
 
 N = 32
 
+# Ray Serve clusters on loopback: run by .ci/run in their own pytest process (the full suite died right after them,
+# likely from Ray state an earlier Flower simulation left in the same process), so `slow` in the default one.
+pytestmark = pytest.mark.slow
+
 
 def _free_port() -> int:
     import socket
