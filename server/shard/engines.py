@@ -25,7 +25,7 @@ Health is read over HTTP with the standard library only (etcd's ``/health`` and
 ``/v3/maintenance/status`` gateway, NATS' monitoring ``/healthz`` and ``/jsz``), so this
 module needs neither client library.
 
->>> EtcdCluster(3, "/tmp/x").command(0)[:3]
+>>> EtcdCluster(3, "etcd-data").command(0)[:3]  # nothing is started or created
 ['etcd', '--name', 'm0']
 >>> with EtcdCluster(3) as etcd:  # doctest: +SKIP
 ...     etcd.kill(etcd.leader()); etcd.wait_healthy()
@@ -33,6 +33,7 @@ module needs neither client library.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -94,7 +95,7 @@ def _wait(pred: Callable[[], bool], timeout: float, what: str, logs: Callable[[]
                       hint="check the log above (a port taken by another process, a stale data dir)")
 
 
-class _Cluster:
+class _Cluster(abc.ABC):
     """Shared process handling: ``n`` members, SIGKILL / restart, cleanup on exit."""
 
     binary_name = ""
@@ -190,14 +191,17 @@ class _Cluster:
         return "\n".join(out)
 
     # -- per engine --------------------------------------------------------
+    @abc.abstractmethod
     def _member(self, i: int) -> str:
-        raise NotImplementedError
+        """Defined by each engine."""
 
+    @abc.abstractmethod
     def command(self, i: int) -> list[str]:
-        raise NotImplementedError
+        """Defined by each engine."""
 
+    @abc.abstractmethod
     def wait_healthy(self, timeout: float | None = None) -> None:
-        raise NotImplementedError
+        """Defined by each engine."""
 
 
 class EtcdCluster(_Cluster):
