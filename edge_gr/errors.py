@@ -18,7 +18,10 @@ __all__ = [
     "InputError",
     "FormatError",
     "BundleError",
+    "SealedError",
+    "MissingKeyError",
     "UpdateError",
+    "TrustError",
     "BackendUnavailableError",
     "QuantizationError",
 ]
@@ -49,8 +52,21 @@ class BundleError(FormatError):
     """A device bundle is incomplete, corrupted or of an unsupported version."""
 
 
+class SealedError(BundleError):
+    """An encrypted bundle file cannot be opened: wrong key, or the ciphertext was altered (:mod:`edge_gr.sealed`)."""
+
+
+class MissingKeyError(SealedError):
+    """An encrypted bundle file needs a data key that no key provider was given for (or that the provider lacks)."""
+
+
 class UpdateError(BundleError):
     """An update package cannot be installed (wrong base version, corrupted, inconsistent); the device keeps its model."""
+
+
+class TrustError(UpdateError):
+    """An update's signed metadata does not verify (forged, wrong key, expired) or its version is not allowed
+    (downgrade, replay); the device keeps its model (:mod:`edge_gr.trust`)."""
 
 
 class BackendUnavailableError(EdgeGRError, ImportError):

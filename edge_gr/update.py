@@ -65,6 +65,7 @@ holds costs no download (:meth:`BundleStore.switch`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -76,16 +77,18 @@ from typing import Callable, Iterator
 
 from .bundle import MANIFEST, BundleManifest, load_manifest
 from .delta import apply_delta, file_sha256, list_versions, parse_version, read_tensors, tensor_sha256, write_text_atomic
-from .errors import BackendUnavailableError, BundleError, EdgeGRError, UpdateError
+from .errors import BackendUnavailableError, BundleError, EdgeGRError, TrustError, UpdateError
 from .fsutil import file_lock
+from .trust import RELEASE, ROOT_DIR, TrustPolicy, parse_root, read_metadata
 from .weightmap import ROLE as WEIGHT_MAP, build_weights, read_map, recover_state
 
-__all__ = ["BundleStore", "Resolved", "UpdateReport", "UpdateError", "StoreBusyError", "read_package", "STEPS", "PACKAGE_FORMAT",
-           "PACKAGE_VERSION"]
+__all__ = ["BundleStore", "Resolved", "UpdateReport", "UpdateError", "StoreBusyError", "TrustError", "read_package", "STEPS",
+           "PACKAGE_FORMAT", "PACKAGE_VERSION"]
 
 CURRENT = "current"
 STAGING = ".staging"
 LOCK = ".lock"
+TRUST = ".trust"      # the root metadata this store trusts now (rotations adopted from packages)
 PACKAGE = "update.json"
 PACKAGE_FORMAT = "edge-gr-update"
 PACKAGE_VERSION = 2
@@ -183,10 +186,18 @@ class BundleStore:
     ``smoke=True``: an installed bundle is also loaded and run once (:func:`edge_gr.load`) before ``current`` moves.
     ``lock_timeout``: seconds a writer waits for another process's install to end before :class:`StoreBusyError`
     (None: as long as it takes). Several processes (and threads) may use one store at once.
+    ``trust``: the provisioned ``root.json`` (path or :class:`edge_gr.trust.TrustPolicy`). With it, every package must
+    be signed (:mod:`edge_gr.trust`): forged, wrongly keyed, expired, replayed or downgrading packages are refused
+    (:class:`TrustError`) before anything of them is read, and :meth:`switch` to an older version needs a signed
+    rollback order. Root rotations a package carries are adopted and kept in ``.trust/root.json``.
+    ``clock``: the time the expiry checks use (default: now, UTC).
     """
 
-    def __init__(self, root: str | os.PathLike, *, keep: int = 2, smoke: bool = True, lock_timeout: float | None = None):
+    def __init__(self, root: str | os.PathLike, *, keep: int = 2, smoke: bool = True, lock_timeout: float | None = None,
+                 trust: str | os.PathLike | TrustPolicy | None = None, clock: Callable[[], "datetime.datetime"] | None = None):
         self.root = Path(root)
+        self._anchor = trust if isinstance(trust, TrustPolicy) or trust is None else TrustPolicy.from_file(trust)
+        self.clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -350,14 +361,29 @@ class BundleStore:
         write_text_atomic(self.root / CURRENT, version + "\n")
         _fsync(self.root, directory=True)
 
-    def switch(self, version: str) -> None:
-        """Point ``current`` at a version already on the device, after verifying it (no download)."""
+    def switch(self, version: str, *, order: str | os.PathLike | None = None) -> None:
+        """Point ``current`` at a version already on the device, after verifying it (no download).
+
+        On a store with ``trust``, going back to an older version needs ``order``: a signed rollback package (or its
+        ``release.json``) from the registry for this device's current version (``edge-gr registry package --rollback``).
+        """
         with self._lock():
             try:
                 self._check(version)
             except BundleError as e:
                 raise UpdateError(f"cannot switch to {version}: {e.message}", hint="install it again from the registry") from None
             cur = self.current()
+            if self.trusted and cur is not None and parse_version(version) <= parse_version(cur) and version != cur:
+                if order is None:
+                    raise TrustError(f"switching back from {cur} to {version} needs a signed rollback order (this store only "
+                                     f"installs signed updates)", hint=f"`edge-gr registry package --from {cur} --to {version} "
+                                     f"--rollback --sign KEYS`, then switch(..., order=PACKAGE) or install it")
+                o = Path(order)
+                o = o / RELEASE if o.is_dir() else o
+                pol = self.trust_policy()
+                rel = pol.check_release(read_metadata(o, str(o)), installed=cur, now=self.clock())
+                if not rel["rollback"] or rel["version"] != version:
+                    raise TrustError(f"{o} is not a rollback order to {version}", hint="give the rollback package for this version")
             try:
                 self._set_current(version)
             except OSError as e:
@@ -371,6 +397,45 @@ class BundleStore:
             self._clean()
             self._gc(None)
             return self.versions()
+
+    # -- signed metadata ---------------------------------------------------------
+    @property
+    def trusted(self) -> bool:
+        """True when this store installs signed packages only."""
+        return self._anchor is not None
+
+    def trust_policy(self) -> TrustPolicy | None:
+        """The root trusted now: the provisioned one, walked forward through the rotations this store adopted from
+        packages (kept as ``.trust/N.root.json``, each checked again against the previous one)."""
+        if self._anchor is None:
+            return None
+        pol = TrustPolicy(self._anchor.root)
+        kept = sorted((self.root / TRUST).glob("*.root.json")) if (self.root / TRUST).is_dir() else []
+        try:
+            pol.rotate([read_metadata(p, str(p)) for p in kept], now=datetime.datetime.min.replace(tzinfo=datetime.timezone.utc))
+        except TrustError:
+            pol = TrustPolicy(self._anchor.root)  # damaged copies: the packages carry every rotation again
+        return pol
+
+    def _verify_release(self, pkg: Path, installed: str | None) -> dict:
+        """Check ``pkg``'s signatures, expiry and version rules before anything else of it is read; adopt root rotations."""
+        pol = self.trust_policy()
+        now = self.clock()
+        newer = []
+        rdir = pkg / ROOT_DIR
+        if rdir.is_dir():
+            newer = [read_metadata(p, f"{p}") for p in sorted(rdir.glob("*.root.json"))]
+        adopted = pol.rotate(newer, now=now)
+        rel = pol.check_release(read_metadata(pkg / RELEASE, f"{pkg / RELEASE}"), installed=installed, now=now)
+        for part, path in (("update", pkg / PACKAGE), ("manifest", pkg / MANIFEST)):
+            want = rel[part]
+            if not path.is_file() or path.stat().st_size != want["size"] or file_sha256(path) != want["sha256"]:
+                raise TrustError(f"{path.name} of the package is not the one its signed release names (altered after signing)",
+                                 hint="do not install this package; ask the registry for a fresh one")
+        for r in adopted:  # kept only once the whole package verified
+            (self.root / TRUST).mkdir(exist_ok=True)
+            write_text_atomic(self.root / TRUST / f"{r.version}.root.json", json.dumps(r.envelope))
+        return rel
 
     # -- updates -----------------------------------------------------------------
     def install(self, package: str | os.PathLike, *, on_step: Callable[[str], None] | None = None) -> UpdateReport:
@@ -390,9 +455,14 @@ class BundleStore:
     def _install(self, pkg: Path, step: Callable[[str], None]) -> UpdateReport:
         t0 = time.perf_counter()
         self._clean()  # what a killed install left: we hold the lock, so its owner is gone
+        cur = self.current()
+        rel = self._verify_release(pkg, cur) if self.trusted else None  # signatures first: nothing unsigned is parsed
         doc = read_package(pkg)
+        if rel is not None and (doc["to"] != rel["version"] or doc["from"] != rel["from"] or doc["manifest"] != rel["manifest"]):
+            raise TrustError(f"{PACKAGE} says {doc['from']} -> {doc['to']}, its signed release {rel['from']} -> {rel['version']}",
+                             hint="do not install this package; ask the registry for a fresh one")
         size = sum(p.stat().st_size for p in pkg.rglob("*") if p.is_file())
-        cur, to = self.current(), doc["to"]
+        to = doc["to"]
         if to in self.versions():
             try:
                 self._check(to)

@@ -404,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .shard.cli import add_parser as add_shard  # `edge-gr shard-plan` (issue #15)
 
     add_shard(sub)
+    from .keys_cli import add_parser as add_keys  # `edge-gr keys ...`, `edge-gr device ...` (signed updates)
+
+    add_keys(sub)
     _add_plugins(sub)
     return p
 

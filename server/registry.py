@@ -450,7 +450,8 @@ class Registry:
         return out
 
     def bundle_package(self, from_version: str | None, to_version: str, out: str | os.PathLike, *,
-                       variants: Sequence[tuple[str, str]] = DEFAULT_BUNDLE_VARIANTS, force: bool = False) -> tuple[Path, int]:
+                       variants: Sequence[tuple[str, str]] = DEFAULT_BUNDLE_VARIANTS, force: bool = False,
+                       signer=None, rollback: bool = False) -> tuple[Path, int]:
         """Write what a device holding the bundle of ``from_version`` (None: nothing) downloads to get the bundle of
         ``to_version``; returns (folder, bytes). ``edge_gr.update.BundleStore.install`` reads it.
 
@@ -468,11 +469,23 @@ class Registry:
         between the two models (e.g. a rollback to an older version).
 
         An existing ``out`` is replaced only if it is a previous package (with nothing added), or with ``force=True``.
+
+        ``signer`` (:class:`server.keys.Signer`): the package also carries ``release.json`` (the targets key's
+        signature over the sha256 of ``update.json`` and ``manifest.json``, the versions, an expiry) and
+        ``root/N.root.json`` (every root version), which a device with a trust anchor requires
+        (:mod:`edge_gr.trust`). ``rollback=True`` makes the release a signed rollback order: only for a device at
+        ``from_version``, only to an older version.
         """
         from edge_gr.weightmap import needed_tensors, read_map, recoverable_tensors
 
         if from_version == to_version:
             raise RegistryError(f"a device at {to_version} needs no update to {to_version}", hint="pick another --to or --from")
+        if rollback:
+            if signer is None:
+                raise RegistryError("a rollback order must be signed", hint="add --sign KEYS")
+            if from_version is None or parse_version(to_version) >= parse_version(from_version):
+                raise RegistryError(f"a rollback order goes from the device's version to an older one (got {from_version} -> "
+                                    f"{to_version})", hint="give --from the version devices hold now and --to an older one")
         check_output(out, "registry package", force=force, legacy=_package_files)  # refuse before exporting bundles
         target = self.bundle(to_version, variants)
         tm = load_manifest(target, verify=True)
@@ -521,6 +534,16 @@ class Registry:
                    "files": shipped, "steps": doc_steps, "rebuild": sorted(rebuild),
                    "tensors": {k: want[k].sha256 for k in sorted(needed)}}
             write_json_atomic(tmp / "update.json", doc)
+            if signer is not None:
+                from edge_gr.trust import RELEASE, ROOT_DIR
+
+                info = {n: {"sha256": file_sha256(tmp / n), "size": (tmp / n).stat().st_size} for n in ("update.json", "manifest.json")}
+                env = signer.sign_release(to=to_version, frm=from_version, update=info["update.json"],
+                                          manifest=info["manifest.json"], rollback=rollback)
+                write_json_atomic(tmp / RELEASE, env)
+                (tmp / ROOT_DIR).mkdir()
+                for p in signer.roots():
+                    shutil.copyfile(p, tmp / ROOT_DIR / p.name)
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())  # everything a device downloads, manifests included
         return out, size
 

@@ -7,6 +7,7 @@
     edge-gr registry gc          --registry REG [--keep 3] [--dry-run]
     edge-gr registry materialize --registry REG VERSION --out CKPT [--force]  # rebuilt, hash-checked checkpoint folder (then `edge-gr export`)
     edge-gr registry package     --registry REG --to V [--from V] --out DIR [--variants onnxruntime:fp32,onnxruntime:int8] [--force]
+                                 [--sign KEYS [--expires-days 30] [--rollback]]
                                  # the bundle update a device holding the bundle of --from downloads (edge_gr.update.BundleStore.install)
 
 ``--out`` of materialize / package is written beside itself and swapped in; an existing folder is replaced only
@@ -84,10 +85,18 @@ def cmd_package(args) -> None:
         from .export.bundle import parse_variants
 
         variants = tuple(parse_variants(args.variants))
-    out, size = _reg(args).bundle_package(args.from_version, args.to, args.out, variants=variants, force=args.force)
+    signer = None
+    if args.sign:
+        from .keys import Signer
+
+        signer = Signer(args.sign, expires_days=args.expires_days)
+    out, size = _reg(args).bundle_package(args.from_version, args.to, args.out, variants=variants, force=args.force,
+                                          signer=signer, rollback=args.rollback)
     doc = json.loads((out / "update.json").read_text())
+    signed = f", signed (root v{signer.root.version}, expires in {args.expires_days:g} days)" if signer else ", UNSIGNED"
     print(f"wrote {out}: {size:,} bytes for a device at {args.from_version or 'nothing'} -> {args.to} "
-          f"({len(doc['files'])} files shipped, {len(doc['rebuild'])} rebuilt on the device, {len(doc['steps'])} delta steps)")
+          f"({len(doc['files'])} files shipped, {len(doc['rebuild'])} rebuilt on the device, {len(doc['steps'])} delta steps"
+          f"{', a rollback order' if args.rollback else ''}{signed})")
 
 
 def add_parser(sub) -> None:
@@ -130,3 +139,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="package folder to write (an existing one only if a previous package, unless --force)")
     p.add_argument("--force", action="store_true", help="replace --out even if it holds files edge-gr did not write")
     p.add_argument("--variants", default=None, help="bundle variants BACKEND:PRECISION,... (default: onnxruntime:fp32)")
+    p.add_argument("--sign", default=None, metavar="KEYS", help="key folder of `edge-gr keys init`: the package carries a signed "
+                                                                 "release.json, which devices with a trust anchor require")
+    p.add_argument("--expires-days", type=float, default=30.0, help="how long the signed release stays valid (default 30)")
+    p.add_argument("--rollback", action="store_true", help="a signed rollback order: --from the devices' version --to an older one")

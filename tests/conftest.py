@@ -21,3 +21,12 @@ def device_python(tmp_path_factory):
     pip = subprocess.run([str(py), "-m", "pip", "install", "-q", f"{root}[device]"], capture_output=True, text=True, timeout=900, env=env)
     assert pip.returncode == 0, pip.stderr[-2000:]
     return py, env
+
+
+@pytest.fixture(scope="session")
+def update_registry(tmp_path_factory):
+    """The tiny registry of tests/test_update.py (v1.0 full, v1.1 LoRA, v1.2 new items), built once for every module
+    that ships its versions to devices (test_update, test_trust); its bundle exports are cached in it."""
+    from test_update import _registry
+
+    return _registry(tmp_path_factory.mktemp("update-registry"))

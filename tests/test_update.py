@@ -61,9 +61,9 @@ def _registry(root: Path) -> Registry:
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory):
+def packages(tmp_path_factory, update_registry):
     root = tmp_path_factory.mktemp("upd")
-    reg = _registry(root)
+    reg = update_registry
     pk, size = {}, {}
     for name, (a, b) in {"full": (None, "v1.0"), "p1": ("v1.0", "v1.1"), "p2": ("v1.1", "v1.2"), "p3": ("v1.2", "v1.0")}.items():
         pk[name], size[name] = reg.bundle_package(a, b, root / name)
