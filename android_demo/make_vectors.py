@@ -361,6 +361,63 @@ def bundle_cases(bundle: Path, out: Path) -> dict:
     return {"cases": cases}
 
 
+def trust_vectors() -> dict:
+    """Signed-update cases (edge_gr.trust): each with the verdict Python's TrustPolicy reaches; Kotlin must agree."""
+    import base64
+    import datetime
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_gr.errors import TrustError
+    from edge_gr.trust import RELEASE_TYPE, ROOT_TYPE, SPEC, TrustPolicy, iso, parse_root, root_payload, sign_envelope
+
+    key = {n: Ed25519PrivateKey.from_private_bytes(bytes([_seed(n) % 256]) * 32) for n in ("root", "targets", "targets2", "root2", "evil")}
+    now = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    day = datetime.timedelta(days=1)
+    root1 = sign_envelope(ROOT_TYPE, root_payload(1, {"root": [key["root"]], "targets": [key["targets"]]}, expires=now + 365 * day),
+                          [key["root"]])
+    root2 = sign_envelope(ROOT_TYPE, root_payload(2, {"root": [key["root2"]], "targets": [key["targets2"]]}, expires=now + 365 * day),
+                          [key["root"], key["root2"]])
+    fake2 = sign_envelope(ROOT_TYPE, root_payload(2, {"root": [key["evil"]], "targets": [key["evil"]]}, expires=now + 365 * day),
+                          [key["evil"]])
+
+    def rel(version, frm, *, rollback=False, expires=30, k="targets"):
+        return sign_envelope(RELEASE_TYPE, {"_type": "release", "spec": SPEC, "version": version, "from": frm, "rollback": rollback,
+                                            "expires": iso(now + expires * day), "update": {"sha256": "a" * 64, "size": 10},
+                                            "manifest": {"sha256": "b" * 64, "size": 20}}, [key[k]])
+
+    tampered = rel("v1.2", "v1.1")
+    body = json.loads(base64.b64decode(tampered["payload"]))
+    body["version"] = "v9.0"
+    tampered["payload"] = base64.b64encode(json.dumps(body).encode()).decode()
+    cases = {
+        "ok-delta": (rel("v1.2", "v1.1"), "v1.1", []), "ok-full-first": (rel("v1.0", None), None, []),
+        "tampered": (tampered, "v1.1", []), "wrong-key": (rel("v1.2", "v1.1", k="evil"), "v1.1", []),
+        "expired": (rel("v1.2", "v1.1", expires=-1), "v1.1", []), "downgrade": (rel("v1.0", "v1.2"), "v1.2", []),
+        "replay-same": (rel("v1.1", "v1.0"), "v1.1", []), "wrong-base": (rel("v1.3", "v1.2"), "v1.1", []),
+        "delta-on-empty": (rel("v1.2", "v1.1"), None, []), "rollback-ok": (rel("v1.0", "v1.2", rollback=True), "v1.2", []),
+        "rollback-other-state": (rel("v1.0", "v1.1", rollback=True), "v1.2", []),
+        "rollback-not-older": (rel("v1.3", "v1.2", rollback=True), "v1.2", []),
+        "rotated-ok": (rel("v1.2", "v1.1", k="targets2"), "v1.1", [root2]),
+        "rotated-missing-root": (rel("v1.2", "v1.1", k="targets2"), "v1.1", []),
+        "old-key-after-rotation": (rel("v1.2", "v1.1"), "v1.1", [root2]),
+        "fake-rotation": (rel("v1.2", "v1.1", k="evil"), "v1.1", [fake2]),
+        "not-json": ("{not json", "v1.1", []),
+    }
+    out = []
+    for name, (doc, installed, roots) in cases.items():
+        text = doc if isinstance(doc, str) else json.dumps(doc)
+        pol = TrustPolicy(parse_root(root1))
+        try:
+            pol.rotate(roots, now=now)
+            r = pol.check_release(json.loads(text), installed=installed, now=now)
+            verdict = {"ok": True, "version": r["version"], "rollback": r["rollback"], "root_version": pol.root.version}
+        except (TrustError, json.JSONDecodeError) as e:
+            verdict = {"ok": False, "error": str(e)}
+        out.append({"name": name, "release": text, "installed": installed, "roots": [json.dumps(r) for r in roots], **verdict})
+    return {"root": json.dumps(root1), "now": iso(now), "cases": out}
+
+
 def write_vectors(out: str | Path, *, real: bool = False) -> Path:
     """Write every vector set into ``out`` (recreated); ``real=True`` adds search-real.json (a trained, exported model)."""
     out = Path(out)
@@ -372,6 +429,7 @@ def write_vectors(out: str | Path, *, real: bool = False) -> Path:
     (out / "beam.json").write_text(json.dumps(beam_vectors()))
     (out / "policy.json").write_text(json.dumps(policy_vectors()))
     (out / "bundle_cases.json").write_text(json.dumps(bundle_cases(bundle, out / "cases"), ensure_ascii=False))
+    (out / "trust.json").write_text(json.dumps(trust_vectors()))
     if real:
         (out / "search-real.json").write_text(json.dumps(real_search_vectors(out)))
     return out

@@ -14,4 +14,7 @@ open class InputError(msg: String, hint: String? = null) : EdgeGRError(msg, hint
 open class FormatError(msg: String, hint: String? = null) : EdgeGRError(msg, hint)
 
 /** A device bundle is incomplete, corrupted or of an unsupported version. */
-class BundleError(msg: String, hint: String? = null) : FormatError(msg, hint)
+open class BundleError(msg: String, hint: String? = null) : FormatError(msg, hint)
+
+/** An update's signed metadata does not verify or its version is not allowed (edge_gr.trust's TrustError). */
+class TrustError(msg: String, hint: String? = null) : BundleError(msg, hint)
