@@ -45,11 +45,38 @@ from edge_gr.validate import check_batch_size, check_beam, check_flag, check_k, 
 from .data.base import Item
 from .data.jsonl import read_items, write_items
 from .model import GenerativeRetriever, GRConfig
-from .text import check_query, encode
+from .text import encode
 
 __all__ = ["GenerativeModel", "CKPT_FORMAT", "CKPT_VERSION"]
 
 CKPT_FORMAT, CKPT_VERSION = "edge-gr-checkpoint", 1
+
+
+_LIMITS = {"d_model": 16384, "n_heads": 256, "n_enc_layers": 128, "n_dec_layers": 128, "ffn_mult": 64, "max_len": 65536,
+           "n_items": 100_000_000, "vocab_size": 10_000_000}
+
+
+def _check_config_size(cfg: GRConfig, weights: Path, hfile: Path) -> None:
+    """Refuse a header whose model would be far larger than its weights file (a damaged or hostile header would
+    otherwise make the skeleton allocate gigabytes before the weights are read)."""
+    hint = "retrain with `edge-gr train`, or restore the checkpoint's edge_gr_model.json"
+    for name, hi in _LIMITS.items():
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or not (0 <= v <= hi):
+            raise FormatError(f"{hfile}: config {name}={v!r:.40} is outside 0..{hi}", hint=hint)
+    if cfg.d_model < 1 or cfg.n_heads < 1 or cfg.d_model % cfg.n_heads or len(cfg.levels) > 16 or \
+            any(not isinstance(c, int) or not 1 <= c <= 1 << 20 for c in cfg.levels):
+        raise FormatError(f"{hfile}: config d_model={cfg.d_model} / n_heads={cfg.n_heads} / levels={list(cfg.levels)[:17]} "
+                          f"is not a model this edge-gr builds", hint=hint)
+    d, layers = cfg.d_model, cfg.n_enc_layers + 2 * cfg.n_dec_layers
+    est = (cfg.n_items + cfg.vocab_size + sum(cfg.levels) * 2 + cfg.max_len) * d + layers * (4 + 2 * cfg.ffn_mult) * d * d
+    try:
+        have = weights.stat().st_size
+    except OSError:
+        return  # the weights' own read reports a missing file
+    if 4 * est > 16 * have + (256 << 20):  # generous: pruned / grouped models are smaller than this estimate
+        raise FormatError(f"{hfile}: its config describes a model of ~{4 * est / 2**20:,.0f} MB, but {weights.name} has "
+                          f"{have / 2**20:,.1f} MB", hint=hint)
 
 
 class GenerativeModel:
@@ -92,10 +119,12 @@ class GenerativeModel:
         return m.level_logprobs(logits, 0)[:, 0].cpu().numpy()
 
     def source(self, queries: Sequence) -> torch.Tensor:
-        """The encoder input of queries (texts for retrieval, histories for rec), as search builds it."""
+        """The encoder input of queries (texts for retrieval, histories for rec), as search builds it (checked by
+        :func:`edge_gr.validate.check_queries`: the shard router calls this directly)."""
+        queries = check_queries(queries, self.task)
         if self.task == "rec":
             return self._history_tensor([list(q) for q in queries])
-        return torch.from_numpy(encode(self.tokenizer, [check_query(t) for t in queries], self.model.cfg.max_len))
+        return torch.from_numpy(encode(self.tokenizer, list(queries), self.model.cfg.max_len))
 
     def _history_tensor(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
         S = self.model.cfg.max_len
@@ -255,6 +284,7 @@ class GenerativeModel:
             ids = SemanticIds.load(path / "ids.json")
         except (KeyError, TypeError, ValueError, RecursionError) as e:  # a damaged file SemanticIds' own checks let through
             raise FormatError(f"{path / 'ids.json'} is damaged ({type(e).__name__}: {str(e)[:120]})", hint=retrain) from None
+        _check_config_size(cfg, path / "model.safetensors", hfile)  # before the skeleton allocates anything
         codes = torch.from_numpy(ids.codes) if cfg.task == "rec" else None
         transforms = header.get("transforms") or []
         if not isinstance(transforms, list):

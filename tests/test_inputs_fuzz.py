@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import edge_gr
 from edge_gr.bundle import MANIFEST, BundleManifest, BundleWriter, RuntimeSpec, load_manifest
-from edge_gr.errors import BundleError, DataError, EdgeGRError, FormatError, InputError
+from edge_gr.errors import BundleError, DataError, EdgeGRError, FormatError, InputError, TrustError
 from edge_gr.ids import SemanticIds
 from edge_gr.validate import MAX_BEAM, MAX_K, check_beam, check_history, check_k, check_queries
 
@@ -601,3 +601,70 @@ def test_check_history_keeps_only_item_ids():
         check_history("a")
     with pytest.raises(InputError, match="got set"):
         check_history({"a"})
+
+
+def test_checkpoint_header_sizes_are_bounded(models, tmp_path):
+    """A header that describes a model far larger than its weights (or absurd fields) is refused before allocating."""
+    import shutil
+
+    from server.generative import GenerativeModel
+
+    src = Path(models["rec"]["ckpt"])
+    for field, value in (("d_model", 1 << 14), ("n_items", 10 ** 8), ("n_enc_layers", 10 ** 6), ("levels", [0, 4]), ("n_heads", 7)):
+        ck = tmp_path / f"ck-{field}"
+        shutil.copytree(src, ck)
+        h = json.loads((ck / "edge_gr_model.json").read_text())
+        h["config"][field] = value
+        (ck / "edge_gr_model.json").write_text(json.dumps(h))
+        with pytest.raises(FormatError, match="config|MB"):
+            GenerativeModel.load(ck)
+
+
+@_cheap(2000)  # 2,000 cases
+@given(data=st.data())
+def test_fuzz_signed_metadata(data):
+    """Release / root envelopes, well-formed or not: only TrustError comes out (never a decoding or crypto error)."""
+    import base64
+
+    from edge_gr.trust import RELEASE_TYPE
+
+    pol, now = _TRUST
+    payload = data.draw(st.one_of(st.binary(max_size=64), st.just(json.dumps({"_type": "release", "spec": 1}).encode())))
+    env = data.draw(st.one_of(
+        st.fixed_dictionaries({"payloadType": st.sampled_from([RELEASE_TYPE, "x", ""]),
+                               "payload": st.one_of(st.just(base64.b64encode(payload).decode()), st.text(max_size=20)),
+                               "signatures": st.one_of(st.lists(st.fixed_dictionaries({"keyid": st.text(max_size=8) | st.sampled_from(list(pol.root.keys)),
+                                                                                        "sig": st.text(max_size=12)}), max_size=3),
+                                                       st.integers(), st.none())}),
+        st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)))
+    installed = data.draw(st.sampled_from([None, "v1.0", "v2.3", "bad"]))
+    try:
+        pol.check_release(env, installed=installed, now=now)
+    except TrustError:
+        return
+    raise AssertionError(f"an unsigned envelope was accepted: {env!r:.200}")
+
+
+def _trust_fixture():
+    import datetime
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edge_gr.trust import ROOT_TYPE, TrustPolicy, parse_root, root_payload, sign_envelope
+
+    k = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    now = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    root = sign_envelope(ROOT_TYPE, root_payload(1, {"root": [k], "targets": [k]}, expires=now + datetime.timedelta(days=9)), [k])
+    return TrustPolicy(parse_root(root)), now
+
+
+_TRUST = _trust_fixture()
+
+
+def test_source_checks_its_queries(models):
+    """``GenerativeModel.source`` (what the shard router feeds the first decoder step) checks queries like search."""
+    for task, bad in (("rec", "i1"), ("rec", [None]), ("rec", [[["i1"]]]), ("retrieval", [3]), ("retrieval", None), ("retrieval", "one")):
+        with pytest.raises(InputError):
+            models[task]["gm"].source(bad)
+    assert tuple(models["rec"]["gm"].source([["i1", "i2"]]).shape) == (1, models["rec"]["gm"].model.cfg.max_len)
