@@ -14,7 +14,7 @@ next. One record = one rating, which is the unit the on-device DP-SGD protects
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import AbstractSet as Set, Mapping, Sequence
 
 import numpy as np
 
@@ -49,24 +49,42 @@ def device_records(rows: Sequence[int], codes: np.ndarray, max_len: int, start: 
 class FederatedSplit:
     """Who knows what: the cloud's pre-federation logs and each device's private part.
 
-    For every user (leave-one-out ``train`` history, then a validation and a test item)
-    the first ``cloud_fraction`` of the training history was logged to the cloud before
-    the app went private: the base model is trained on that. The rest happened on the
-    device and stays there; federated rounds learn from it. The test item is held out
-    from everything and scored with the device's full history as context.
+    Every user has a leave-one-out ``train`` history, then a validation and a test item. Two scenarios:
+
+    * ``"history"`` (``cloud_users=None``): the first ``cloud_fraction`` of every training history was
+      logged to the cloud before the app went private; the base model is trained on that, the rest
+      happened on the device and stays there.
+    * ``"users"`` (``cloud_users`` = the opted-in users): the cloud has the whole training histories of
+      those users and nothing of anyone else; every other user is a device whose history never left it.
+      Federated rounds and evaluation use the device users only (:attr:`device_users`).
+
+    The test item is held out from everything and scored with the device's full history as context.
+
+    >>> s = FederatedSplit({"a": list("wxyz"), "b": list("wxyz")}, {"a": "q", "b": "q"}, {"a": "r", "b": "r"}, cloud_users={"a"})
+    >>> s.cloud_history("a"), s.cloud_history("b"), s.device_users, s.device_start("b")
+    (['w', 'x', 'y', 'z'], [], ['b'], 1)
     """
 
     def __init__(self, train: Mapping[str, Sequence[str]], valid: Mapping[str, str], test: Mapping[str, str],
-                 cloud_fraction: float = 0.5):
+                 cloud_fraction: float = 0.5, cloud_users: Set[str] | None = None):
         if not 0.0 < cloud_fraction < 1.0:
             raise InputError(f"cloud_fraction must be in (0, 1), got {cloud_fraction}")
         self.cloud_fraction = cloud_fraction
         self.train = {u: list(h) for u, h in train.items()}
         self.valid, self.test = dict(valid), dict(test)
-        self.cut = {u: max(2, int(round(len(h) * cloud_fraction))) for u, h in self.train.items()}
+        self.cloud_users = None if cloud_users is None else frozenset(cloud_users) & set(self.train)
+        if self.cloud_users is None:
+            self.scenario = "history"
+            self.cut = {u: max(2, int(round(len(h) * cloud_fraction))) for u, h in self.train.items()}
+        else:
+            self.scenario = "users"
+            self.cut = {u: (len(h) if u in self.cloud_users else 1) for u, h in self.train.items()}
+        self.device_users = sorted(u for u in self.train if self.cloud_users is None or u not in self.cloud_users)
 
     def cloud_history(self, user: str) -> list[str]:
-        """What the cloud logged for ``user`` (the first part of the training history)."""
+        """What the cloud logged for ``user`` (the first part of the training history; nothing of a device user)."""
+        if self.cloud_users is not None and user not in self.cloud_users:
+            return []
         return self.train[user][: self.cut[user]]
 
     def device_start(self, user: str) -> int:
@@ -81,6 +99,19 @@ class FederatedSplit:
         return self.train[user] + [self.valid[user]]
 
 
-def split_for_federation(split, cloud_fraction: float = 0.5) -> FederatedSplit:
-    """:class:`FederatedSplit` from a leave-one-out :class:`~server.data.base.RecSplit`."""
-    return FederatedSplit(split.train, split.valid_target, split.test_target, cloud_fraction)
+def split_for_federation(split, cloud_fraction: float = 0.5, *, scenario: str = "history", cloud_users: float = 0.25,
+                         seed: int = 0) -> FederatedSplit:
+    """:class:`FederatedSplit` from a leave-one-out :class:`~server.data.base.RecSplit`.
+
+    ``scenario="users"``: a seeded random ``cloud_users`` share of the users opted in (full histories to the cloud).
+    """
+    if scenario == "history":
+        return FederatedSplit(split.train, split.valid_target, split.test_target, cloud_fraction)
+    if scenario != "users":
+        raise InputError(f"unknown federated scenario {scenario!r}", hint="use 'history' or 'users'")
+    if not 0.0 < cloud_users < 1.0:
+        raise InputError(f"cloud_users must be a share in (0, 1), got {cloud_users}")
+    users = sorted(split.train)
+    rng = np.random.default_rng(seed)
+    chosen = set(rng.choice(users, max(1, int(round(cloud_users * len(users)))), replace=False).tolist())
+    return FederatedSplit(split.train, split.valid_target, split.test_target, cloud_fraction, cloud_users=chosen)

@@ -23,7 +23,7 @@ from server.train import TrainConfig
 from .adapters import AdapterConfig, add_adapters, set_adapter
 from .records import FederatedSplit, device_records, split_for_federation
 
-__all__ = ["FLData", "FLSetup", "prepare", "ndcg_eval"]
+__all__ = ["FLData", "FLSetup", "prepare", "ndcg_eval", "paired"]
 
 
 @dataclass
@@ -32,7 +32,9 @@ class FLData:
 
     dataset: str = "ml-1m"                 # ml-1m | ml-100k
     max_users: int | None = None           # first N users (None = all 6,040)
-    cloud_fraction: float = 0.5            # share of each training history the cloud logged
+    cloud_fraction: float = 0.5            # "history": share of each training history the cloud logged
+    scenario: str = "history"              # "history" | "users" (FederatedSplit: who the cloud saw)
+    cloud_users: float = 0.25              # "users": share of users who opted in (full histories in the cloud)
     levels: tuple[int, ...] = (64, 64, 64)
     collab_dim: int = 64
     model: GRConfig = field(default_factory=lambda: GRConfig(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2,
@@ -45,6 +47,8 @@ class FLData:
 
         d = asdict(self)
         d["train"].pop("progress", None)
+        if d["scenario"] == "history":  # the key of every base model cached before the "users" scenario existed
+            d.pop("scenario"), d.pop("cloud_users")
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -81,8 +85,8 @@ def prepare(d: FLData, cache: str | Path | None = ".cache/edge_gr/fl", progress:
     from server.train import train_rec
 
     data = load_rec_data(RecPreset(dataset=d.dataset, max_users=d.max_users))
-    fsplit = split_for_federation(data.split(), d.cloud_fraction)
-    cloud = RecData(data.name + "-cloud", data.items, {u: fsplit.cloud_history(u) for u in fsplit.train})
+    fsplit = split_for_federation(data.split(), d.cloud_fraction, scenario=d.scenario, cloud_users=d.cloud_users)
+    cloud = RecData(data.name + "-cloud", data.items, {u: fsplit.cloud_history(u) for u in fsplit.train if fsplit.cloud_history(u)})
     cloud_split = cloud.split(min_len=3)
     path = Path(cache) / d.key() / "base" if cache else None
     gm = None
@@ -99,7 +103,7 @@ def prepare(d: FLData, cache: str | Path | None = ".cache/edge_gr/fl", progress:
             gm.save(path)
     gm.model.eval()
     row = {it: i + 1 for i, it in enumerate(gm.ids.items)}
-    return FLSetup(gm=gm, split=fsplit, codes=np.asarray(gm.ids.codes), row=row, users=sorted(fsplit.train))
+    return FLSetup(gm=gm, split=fsplit, codes=np.asarray(gm.ids.codes), row=row, users=fsplit.device_users)
 
 
 def ndcg_eval(setup: FLSetup, gm, users: Sequence[str], arrays: Mapping[str, np.ndarray] | None = None,
@@ -117,3 +121,13 @@ def ndcg_eval(setup: FLSetup, gm, users: Sequence[str], arrays: Mapping[str, np.
     if per_user:
         out["per_user"] = [rank_metrics([a], [b])["ndcg@10"] for a, b in zip(ids, rel)]
     return out
+
+
+def paired(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of per-user ``a - b`` with a 95% paired bootstrap interval (same users, same items)."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) == 0:
+        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")]}
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
+    return {"mean": float(d.mean()), "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}

@@ -26,6 +26,7 @@ from dataclasses import replace
 import numpy as np
 
 from .flower import FLSpec, env_for, make_client_app, make_server_app
+from .setup import paired  # noqa: F401  (re-exported: the paired bootstrap lives with the other pure evaluation code)
 
 __all__ = ["run_federated", "run_baselines", "eval_cohort", "personalize_eval", "centralized_eval", "paired", "run_secagg"]
 
@@ -34,16 +35,6 @@ def eval_cohort(spec: FLSpec, env) -> list[str]:
     users = [u for u in env.users if len(env.setup.records(u)[0]) >= spec.min_records]
     rng = np.random.default_rng([spec.seed, 7])
     return sorted(rng.choice(users, min(spec.eval_users, len(users)), replace=False).tolist())
-
-
-def paired(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of per-user ``a - b`` with a 95% paired bootstrap interval (same users, same items)."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if len(d) == 0:
-        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")]}
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(1)
-    return {"mean": float(d.mean()), "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}
 
 
 def personalize_eval(spec: FLSpec, env, users, start: dict[str, np.ndarray], local=None) -> dict:
