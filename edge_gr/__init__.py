@@ -10,11 +10,12 @@ Imports neither ``server`` nor ``device_sim``, and nothing here needs torch.
 """
 
 from .decode import beam_search
-from .errors import BackendUnavailableError, BundleError, DataError, EdgeGRError, FormatError, InputError, QuantizationError
+from .errors import (BackendUnavailableError, BundleError, DataError, EdgeGRError, FormatError, InputError, MissingKeyError, QuantizationError,
+                     SealedError, TrustError, UpdateError)
 from .ids import SemanticIds, Trie
 from .runtime import Retriever, load
 from .search import Hit, Searcher
 
 __all__ = ["load", "Retriever", "Hit", "Searcher", "SemanticIds", "Trie", "beam_search", "EdgeGRError", "DataError", "InputError", "FormatError",
-           "BundleError", "BackendUnavailableError", "QuantizationError"]
+           "BundleError", "BackendUnavailableError", "QuantizationError", "UpdateError", "TrustError", "SealedError", "MissingKeyError"]
 __version__ = "0.1.0"

@@ -10,7 +10,8 @@ A bundle is a folder (or a single ``.tar`` of that folder) with one versioned
       index.safetensors      the same IDs, trie and catalogue line offsets as arrays (edge_gr.catalogue; fast load)
       tokenizer.json         retrieval only (HuggingFace tokenizers)
       popularity.json        rec only: fallback ranking for empty / unknown histories
-      variants/<name>/...    one model per backend x precision (encoder + decoder step)
+      variants/<name>/...    one model per backend x precision (encoder + decoder step); optionally encrypted
+                             (AES-256-GCM, :mod:`edge_gr.sealed`: the entry's ``sealed`` record, sha256/size of the ciphertext)
 
 Loading checks the format name and version and *every* file's size and sha256 before
 anything is built, so a corrupted or partial bundle is refused as a whole
@@ -43,13 +44,13 @@ import os
 import shutil
 import tarfile
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Sequence
 
 from .errors import BundleError
 
-__all__ = ["PRECISIONS", "BundleManifest", "FileEntry", "Variant", "RuntimeSpec", "BundleWriter", "load_manifest", "open_bundle",
+__all__ = ["PRECISIONS", "BundleManifest", "FileEntry", "Seal", "Variant", "RuntimeSpec", "BundleWriter", "load_manifest", "open_bundle",
            "write_archive", "verify_files", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "TASKS", "MAX_MANIFEST_BYTES"]
 
 FORMAT_NAME = "edge-gr-bundle"
@@ -66,12 +67,22 @@ _REBUILD = "re-export the bundle with `edge-gr export --checkpoint CKPT --out DI
 
 
 @dataclass(frozen=True)
+class Seal:
+    """How an encrypted ("sealed") bundle file was encrypted (:mod:`edge_gr.sealed`); not secret."""
+
+    alg: str     # "AES-256-GCM"
+    key_id: str  # names the data key (a KeyProvider looks it up)
+    nonce: str   # hex, 12 bytes, fresh per file
+
+
+@dataclass(frozen=True)
 class FileEntry:
-    """One file of the bundle, relative to its root."""
+    """One file of the bundle, relative to its root (sealed: ``sha256``/``size`` are the ciphertext's, checked before decrypting)."""
 
     path: str    # POSIX path relative to the bundle root
     sha256: str  # hex digest
     size: int    # bytes
+    sealed: Seal | None = None  # None: a clear file (the manifest omits the field)
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,10 @@ class BundleManifest:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["runtime"]["levels"] = list(self.runtime.levels)
+        for files in [d["files"], *(v["files"] for v in d["variants"])]:  # clear files: no "sealed" field (older readers)
+            for f in files.values():
+                if f.get("sealed") is None:
+                    f.pop("sealed", None)
         return {"format": d.pop("format"), "format_version": d.pop("format_version"), **d}
 
     @classmethod
@@ -279,12 +294,18 @@ def _files(d: dict, where: str) -> dict[str, FileEntry]:
         at = f"{where}.{role}"
         if not isinstance(f, dict):
             raise _bad(at, f"must be an object with path, sha256 and size, got {type(f).__name__}")
-        _known(f, {"path", "sha256", "size"}, at)
+        _known(f, {"path", "sha256", "size", "sealed"}, at)
         path = _field(f, "path", str, f"{at}.")
         if not path or "\0" in path:
             raise _bad(f"{at}.path", f"is not a file path ({_show(path)})")
+        seal = None
+        if "sealed" in f:
+            sd = _field(f, "sealed", dict, f"{at}.")
+            _known(sd, {"alg", "key_id", "nonce"}, f"{at}.sealed")
+            seal = Seal(alg=_field(sd, "alg", str, f"{at}.sealed."), key_id=_field(sd, "key_id", str, f"{at}.sealed."),
+                        nonce=_field(sd, "nonce", str, f"{at}.sealed."))
         out[role] = FileEntry(path=path, sha256=_field(f, "sha256", str, f"{at}."),
-                              size=_pos_int(_field(f, "size", int, f"{at}."), f"{at}.size", low=0))
+                              size=_pos_int(_field(f, "size", int, f"{at}."), f"{at}.size", low=0), sealed=seal)
     return out
 
 
@@ -336,14 +357,29 @@ class BundleWriter:
 
     def add_variant(self, name: str, backend: str, precision: str, files: dict[str, str], *,
                     static: dict | None = None, metrics: dict | None = None, recipe: dict | None = None,
-                    source: dict | None = None) -> Variant:
-        """Register a variant whose files (``role -> path relative to root``) are already written."""
+                    source: dict | None = None, seal=None) -> Variant:
+        """Register a variant whose files (``role -> path relative to root``) are already written.
+
+        ``seal`` (an :class:`edge_gr.sealed.DataKey`): encrypt every file of the variant in place first
+        (:mod:`edge_gr.sealed`). A sealed variant drops its ``weight_map`` role and file: a weights file
+        the device holds encrypted cannot be rebuilt from tensor deltas, so updates ship it whole."""
         if any(v.name == name for v in self.variants):
             raise BundleError(f"variant {name!r} added twice", hint="give every variant a unique name")
         if precision not in PRECISIONS:
             raise BundleError(f"variant {name!r}: unknown precision {precision!r}", hint=f"use one of {', '.join(PRECISIONS)}")
-        v = Variant(name, backend, precision, {r: _entry(self.tmp, rel) for r, rel in files.items()}, static or {}, metrics or {},
-                    recipe or {}, source or {})
+        if seal is None:
+            entries = {r: _entry(self.tmp, rel) for r, rel in files.items()}
+        else:
+            from .sealed import seal_file
+            from .weightmap import ROLE as WEIGHT_MAP
+
+            files = dict(files)
+            wm = files.pop(WEIGHT_MAP, None)
+            if wm is not None and wm not in files.values():
+                (self.tmp / wm).unlink(missing_ok=True)
+            infos = {rel: Seal(**seal_file(self.tmp, rel, seal)) for rel in dict.fromkeys(files.values())}  # once per file
+            entries = {r: replace(_entry(self.tmp, rel), sealed=infos[rel]) for r, rel in files.items()}
+        v = Variant(name, backend, precision, entries, static or {}, metrics or {}, recipe or {}, source or {})
         self.variants.append(v)
         return v
 

@@ -13,6 +13,14 @@ history (item ids, oldest first): unknown ids are dropped, and an empty history 
 the bundle's popularity ranking (score ``nan``). ``k``, ``beam`` and the queries are
 checked by :mod:`edge_gr.validate`, the same checks as the cloud model's; a manifest
 that lacks a role the runtime reads is a :class:`~edge_gr.errors.BundleError`.
+
+An encrypted bundle (exported with ``encrypt=``, :mod:`edge_gr.sealed`) needs ``key_provider=``:
+its variant files are verified (sha256 of the ciphertext), decrypted into memory and loaded from
+bytes, never written to disk in the clear; no provider, a missing key, a wrong key or an altered
+file is a :class:`~edge_gr.errors.SealedError` saying what to do.
+
+>>> from edge_gr.sealed import FileKeyProvider
+>>> r = edge_gr.load("bundle/", key_provider=FileKeyProvider("data.key"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import numpy as np
 from . import backends as _backends
 from .bundle import BundleManifest, Variant, open_bundle, verify_files
 from .decode import beam_search
-from .errors import BackendUnavailableError, BundleError, InputError
+from .errors import BackendUnavailableError, BundleError, InputError, SealedError
 from .ids import SemanticIds
 from .search import Hit
 from .text import check_query, encode
@@ -47,8 +55,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 class _Model:
     """A loaded variant: session + the padding its static shapes need."""
 
-    def __init__(self, variant: Variant, root: Path, threads: int | None, max_len: int):
-        files = {role: root / f.path for role, f in variant.files.items()}
+    def __init__(self, variant: Variant, root: Path, threads: int | None, max_len: int, keys=None):
+        files = _variant_files(variant, root, keys)
         self.variant = variant
         self.session = _backends.open_session(variant.backend, files, threads=threads)
         self.static = dict(getattr(self.session, "static", {}) or variant.static or {})
@@ -124,11 +132,27 @@ class _Model:
         return np.concatenate(logits), [np.concatenate(p) for p in zip(*caches)]
 
 
+def _variant_files(variant: Variant, root: Path, keys) -> dict:
+    """Role -> path, or for a sealed file its plaintext in memory (decrypted once per file; verify the files first)."""
+    out, opened = {}, {}
+    for role, f in variant.files.items():
+        if f.sealed is None:
+            out[role] = root / f.path
+            continue
+        if f.path not in opened:
+            from .sealed import unseal_entry
+
+            opened[f.path] = _backends.Blob(root / f.path, unseal_entry(root, f, keys))
+        out[role] = opened[f.path]
+    return out
+
+
 class Retriever:
     """A loaded bundle. Build with :func:`load`; thread-safe for concurrent ``search`` and ``switch``."""
 
-    def __init__(self, manifest: BundleManifest, root: Path, keep, model: _Model, threads: int | None):
+    def __init__(self, manifest: BundleManifest, root: Path, keep, model: _Model, threads: int | None, *, key_provider=None):
         self.manifest, self.root, self._keep, self._model, self._threads = manifest, root, keep, model, threads
+        self._keys = key_provider  # for switch() to another sealed variant
         self._lock = threading.Lock()
         self.lean = True  # use a variant's lean decoder step when it has one (False: the full-prefix graph, for comparison)
         rt = manifest.runtime
@@ -209,7 +233,7 @@ class Retriever:
         """Serve ``variant`` from now on. It is loaded and test-run first; if that fails the old one keeps serving."""
         v = self.manifest.variant(variant)
         verify_files(self.root, v.files.values())  # load verified only the serving variant's files
-        new = _open(v, self.root, self._threads, self)
+        new = _open(v, self.root, self._threads, self, keys=self._keys)
         with self._lock:
             self._model = new
 
@@ -306,14 +330,15 @@ class Retriever:
         return beam_search(step, self.ids.trie(), n=n, beam=beam, k=k, on_select=lambda parent: st.__setitem__("parent", parent))
 
 
-def _open(variant: Variant, root: Path, threads: int | None, r: Retriever | None = None, manifest: BundleManifest | None = None) -> _Model:
+def _open(variant: Variant, root: Path, threads: int | None, r: Retriever | None = None, manifest: BundleManifest | None = None,
+          keys=None) -> _Model:
     """Open a variant and run one tiny query through it, so a broken file fails here, not mid-request."""
     rt = (manifest or r.manifest).runtime
     try:
-        model = _Model(variant, root, threads, rt.max_len)
+        model = _Model(variant, root, threads, rt.max_len, keys)
         enc = model.encode(np.ones((1, model.max_len), dtype=np.int64))
         model.decode(np.zeros((1, 1, len(rt.levels)), dtype=np.int64), enc)
-    except (BackendUnavailableError, InputError):
+    except (BackendUnavailableError, InputError, SealedError):
         raise
     except Exception as e:  # any runtime failure: report it as a bundle problem, keep the caller's state
         raise BundleError(f"variant {variant.name} ({variant.backend}) loads but does not run ({type(e).__name__}: {e})",
@@ -321,12 +346,15 @@ def _open(variant: Variant, root: Path, threads: int | None, r: Retriever | None
     return model
 
 
-def load(path: str | os.PathLike, backend: str = "auto", variant: str | None = None, *, threads: int | None = None) -> Retriever:
+def load(path: str | os.PathLike, backend: str = "auto", variant: str | None = None, *, threads: int | None = None,
+         key_provider=None) -> Retriever:
     """Verify a bundle (folder or ``.tar``) and load one variant.
 
     ``variant`` picks one by name; else the first variant of ``backend``, where ``"auto"``
     tries executorch, onnxruntime, litert, torch in that order and takes the first whose
     package is installed. ``threads`` caps the backend's CPU threads (None = its default).
+    ``key_provider`` (an :class:`edge_gr.sealed.KeyProvider`) opens encrypted variants: their files are
+    verified as stored, then decrypted into memory (:class:`~edge_gr.errors.SealedError` if that fails).
     """
     manifest, root, keep = open_bundle(path, variants=())  # the shared files now, a variant's own files when it is chosen
     manifest.check_runnable()  # the roles the runtime reads (a task edited by hand, a role missing): BundleError, not KeyError
@@ -344,12 +372,12 @@ def load(path: str | os.PathLike, backend: str = "auto", variant: str | None = N
                 continue
         verify_files(root, v.files.values())
         try:
-            model = _open(v, root, threads, manifest=manifest)
+            model = _open(v, root, threads, manifest=manifest, keys=key_provider)
         except BackendUnavailableError:
             if backend == "auto" and variant is None:
                 errors.append(v.backend)
                 continue
             raise
-        return Retriever(manifest, root, keep, model, threads)
+        return Retriever(manifest, root, keep, model, threads, key_provider=key_provider)
     raise BackendUnavailableError(f"none of the bundle's backends is installed ({sorted({v.backend for v in manifest.variants})})",
                                   hint="`pip install onnxruntime==1.32.0` (or executorch / ai-edge-litert)")

@@ -77,7 +77,7 @@ from typing import Callable, Iterator
 
 from .bundle import MANIFEST, BundleManifest, load_manifest
 from .delta import apply_delta, file_sha256, list_versions, parse_version, read_tensors, tensor_sha256, write_text_atomic
-from .errors import BackendUnavailableError, BundleError, EdgeGRError, TrustError, UpdateError
+from .errors import BackendUnavailableError, BundleError, EdgeGRError, MissingKeyError, TrustError, UpdateError
 from .fsutil import file_lock
 from .trust import RELEASE, ROOT_DIR, TrustPolicy, parse_root, read_metadata
 from .weightmap import ROLE as WEIGHT_MAP, build_weights, read_map, recover_state
@@ -191,11 +191,14 @@ class BundleStore:
     (:class:`TrustError`) before anything of them is read, and :meth:`switch` to an older version needs a signed
     rollback order. Root rotations a package carries are adopted and kept in ``.trust/root.json``.
     ``clock``: the time the expiry checks use (default: now, UTC).
+    ``key_provider``: decrypts encrypted bundles (:mod:`edge_gr.sealed`) for the smoke run and :meth:`load`.
     """
 
     def __init__(self, root: str | os.PathLike, *, keep: int = 2, smoke: bool = True, lock_timeout: float | None = None,
-                 trust: str | os.PathLike | TrustPolicy | None = None, clock: Callable[[], "datetime.datetime"] | None = None):
+                 trust: str | os.PathLike | TrustPolicy | None = None, clock: Callable[[], "datetime.datetime"] | None = None,
+                 key_provider=None):
         self.root = Path(root)
+        self.key_provider = key_provider
         self._anchor = trust if isinstance(trust, TrustPolicy) or trust is None else TrustPolicy.from_file(trust)
         self.clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         try:
@@ -344,6 +347,8 @@ class BundleStore:
         """``edge_gr.load(self.path(), **kw)``: the one way to run the model on the device."""
         from .runtime import load
 
+        if self.key_provider is not None:
+            kw.setdefault("key_provider", self.key_provider)
         before = self._snapshot()
         try:
             return load(self.path(), **kw)
@@ -485,6 +490,9 @@ class BundleStore:
         except UpdateError:
             shutil.rmtree(self.root / STAGING, ignore_errors=True)
             raise
+        except MissingKeyError:  # an encrypted bundle and no key for it: not a bad download, a missing key_provider=
+            shutil.rmtree(self.root / STAGING, ignore_errors=True)
+            raise
         except BundleError as e:
             shutil.rmtree(self.root / STAGING, ignore_errors=True)
             raise UpdateError(f"the update to {to} does not verify: {e.message}",
@@ -602,7 +610,7 @@ class BundleStore:
             from .runtime import load
 
             try:
-                load(staging)
+                load(staging, key_provider=self.key_provider)
             except BackendUnavailableError as e:
                 raise UpdateError(f"no variant of {to} can run on this device ({e.message})",
                                   hint=e.hint or "install a runtime backend") from None

@@ -7,7 +7,7 @@ the preset, the variants) re-runs that stage and the ones after it.
 
     edge-gr build --task retrieval --data FOLDER --out bundle/ [--preset tiny|demo|full] [--device cuda]
                   [--variants onnxruntime:fp32@teacher,onnxruntime:int8@student] [--work bundle.build/]
-                  [--teacher CKPT] [--no-student] [--force]
+                  [--teacher CKPT] [--no-student] [--force] [--encrypt-key data.key]
 
 ``--out`` is checked before any stage runs: an existing folder is replaced only if it is a previous
 ``edge-gr build`` output with nothing added (else refused unless ``--force``). The bundle is exported
@@ -71,6 +71,7 @@ class BuildSpec:
     verify_queries: int = 200
     progress: bool = True
     force: bool = False                          # replace ``out`` even if it is not a previous build output
+    encrypt_key: str | None = None               # a data key file: encrypt the variants' model files (edge_gr.sealed)
     log: list = field(default_factory=list, compare=False, repr=False)
 
 
@@ -191,7 +192,7 @@ def _verify(spec: BuildSpec, sources: dict, bundle: Path, data) -> dict:
     out = {"n": len(inputs), "eager": eager_m, "variants": {}}
     for v in load_manifest(bundle).variants:
         src = v.source.get("name", "teacher")
-        r = edge_gr.load(bundle, variant=v.name)
+        r = edge_gr.load(bundle, variant=v.name, key_provider=_keys(spec))
         got = [[h.item_id for h in hs] for hs in r.search_many(inputs, k=10, beam=20)]
         m = rank_metrics(got, rel)
         row = {"source": src, "overlap@10": _overlap(got, eager[src]), "recall@10": m["recall@10"], "mrr@10": m["mrr@10"],
@@ -205,6 +206,15 @@ def _verify(spec: BuildSpec, sources: dict, bundle: Path, data) -> dict:
         raise BuildError(f"exported variants disagree with their eager models: top-10 overlap {bad}",
                          hint=f"re-export, drop those variants, or lower --min-overlap (now {spec.min_overlap})")
     return out
+
+
+def _keys(spec: BuildSpec):
+    """The key provider verification loads a sealed bundle with (None: the bundle is clear)."""
+    if not spec.encrypt_key:
+        return None
+    from edge_gr.sealed import FileKeyProvider
+
+    return FileKeyProvider(spec.encrypt_key)
 
 
 def _write_metrics(bundle: Path, metrics: dict[str, dict]) -> None:
@@ -326,12 +336,16 @@ def build(spec: BuildSpec) -> Path:
         return work
 
     export_key = _hash(stage_key, [list(v) for v in variants], EXPORT_REVISION)
+    if spec.encrypt_key:  # a sealed bundle is another export (the key id, never the key, enters the stage key)
+        from edge_gr.sealed import load_key
+
+        export_key = _hash(export_key, "sealed", load_key(spec.encrypt_key).key_id)
     verify_path = work / "verify.json"
 
     def make_bundle():
         with output_folder(out, "build", force=spec.force, legacy=bundle_files) as stage:  # verified before it replaces out
             export_bundle(teacher, stage, variants, sources=sources, main_name="teacher", model_version=f"build-{export_key}",
-                          command="build")
+                          command="build", encrypt=spec.encrypt_key)
             rep = _verify(spec, sources, stage, data)
             _write_metrics(stage, rep["variants"])
         write_text_atomic(verify_path, json.dumps(rep, indent=1))
@@ -362,6 +376,8 @@ def add_parser(sub) -> None:
     sp.add_argument("--verify-queries", type=int, default=200, help="validation queries (users) each variant is checked on")
     sp.add_argument("--student-config", default=None, help="student.json from `edge-gr nas` (replaces the preset's student)")
     sp.add_argument("--student-minutes", type=float, default=None, help="cap the student's training time (minutes; part of the stage key)")
+    sp.add_argument("--encrypt-key", default=None, metavar="FILE",
+                    help="encrypt every variant's model files (AES-256-GCM) with this data key file (edge_gr.sealed.new_key)")
     sp.set_defaults(fn=_cmd_build)
 
 
@@ -379,7 +395,7 @@ def _cmd_build(args) -> None:
     spec = BuildSpec(task=args.task, data=args.data, out=args.out, preset=args.preset, variants=variants, device=args.device,
                      work=args.work, min_overlap=args.min_overlap, teacher=args.teacher, student=not args.no_student,
                      stop_after=args.stop_after, verify_queries=args.verify_queries, student_config=args.student_config,
-                     student_minutes=args.student_minutes, force=args.force)
+                     student_minutes=args.student_minutes, force=args.force, encrypt_key=args.encrypt_key)
     out = build(spec)
     if args.stop_after:
         print(f"stopped after {args.stop_after}; stage artifacts in {out}")

@@ -213,7 +213,12 @@ def cmd_search(args) -> None:
 
         if args.user is not None:
             raise EdgeGRError("--user needs a checkpoint (it names the user's data set)", hint="pass --history ITEM ... to a bundle")
-        searcher = edge_gr.load(path)
+        keys = None
+        if args.key:
+            from edge_gr.sealed import FileKeyProvider
+
+            keys = FileKeyProvider(*args.key)
+        searcher = edge_gr.load(path, key_provider=keys)
     else:
         searcher = load(args.checkpoint)
     q = args.history if args.history is not None else args.query
@@ -349,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-k", type=int, default=10, help=f"number of results, 1 to {MAX_K} (default 10)")
     sp.add_argument("--beam", type=int, default=None, help=f"beams per level, 1 to {MAX_BEAM} (default {DEFAULT_BEAM})")
     sp.add_argument("--exclude-seen", action="store_true", help="drop items already in the history")
+    sp.add_argument("--key", action="append", default=None, metavar="FILE",
+                    help="data key file (or folder of *.key) of an encrypted bundle (`edge-gr keys data-key`); repeatable")
     sp.set_defaults(fn=cmd_search)
 
     from .compress.variants import VARIANTS

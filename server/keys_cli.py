@@ -1,9 +1,10 @@
-"""``edge-gr keys`` (the registry's signing keys) and ``edge-gr device`` (a device's model store, as an app drives it).
+"""``edge-gr keys`` (the registry's signing keys, data keys) and ``edge-gr device`` (a device's model store, as an app drives it).
 
     edge-gr keys init    --dir KEYS [--expires-days 365]     # root + targets keys, root.json v1 (outside any git tree)
     edge-gr keys rotate  --dir KEYS --role targets|root       # new key, root.json vN+1 signed by the old root key
     edge-gr keys show    --dir KEYS                           # version, expiry, key ids (no private material)
-    edge-gr device install --store DIR PACKAGE [--trust root.json]   # signed-only when --trust is given
+    edge-gr keys data-key --out FILE [--key-id ID]            # AES-256 key for encrypted bundles (export --encrypt-key)
+    edge-gr device install --store DIR PACKAGE [--trust root.json] [--key FILE]   # signed-only when --trust is given
     edge-gr device switch  --store DIR VERSION [--trust root.json --order ROLLBACK_PACKAGE]
     edge-gr device status  --store DIR
 """
@@ -37,10 +38,23 @@ def cmd_show(args) -> None:
     print(json.dumps(show(args.dir), indent=1))
 
 
+def cmd_data_key(args) -> None:
+    from edge_gr.sealed import new_key
+
+    k = new_key(args.out, key_id=args.key_id)
+    print(f"wrote {args.out} (data key {k.key_id}, mode 0600): `edge-gr export --encrypt-key {args.out}`; devices load "
+          f"with edge_gr.load(..., key_provider=FileKeyProvider(PATH)) or their platform keystore")
+
+
 def _store(args):
     from edge_gr.update import BundleStore
 
-    return BundleStore(args.store, trust=args.trust)
+    keys = None
+    if getattr(args, "key", None):
+        from edge_gr.sealed import FileKeyProvider
+
+        keys = FileKeyProvider(*args.key)
+    return BundleStore(args.store, trust=args.trust, key_provider=keys)
 
 
 def cmd_install(args) -> None:
@@ -83,6 +97,10 @@ def add_parser(sub) -> None:
     p = ks.add_parser("show", help="root.json's version, expiry and key ids")
     p.add_argument("--dir", required=True)
     p.set_defaults(fn=cmd_show)
+    p = ks.add_parser("data-key", help="a new AES-256 data key file for encrypted bundles (0600, never overwritten)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--key-id", default=None, help="name of the key (default: derived from it)")
+    p.set_defaults(fn=cmd_data_key)
 
     dp = sub.add_parser("device", help="a device's model store: install an update package, switch, status")
     ds = dp.add_subparsers(dest="device_cmd", required=True)
@@ -90,6 +108,7 @@ def add_parser(sub) -> None:
     p.add_argument("package")
     p.add_argument("--store", required=True)
     p.add_argument("--trust", default=None, help="the provisioned root.json: only signed packages are installed")
+    p.add_argument("--key", action="append", default=None, metavar="FILE", help="data key of an encrypted bundle (repeatable)")
     p.set_defaults(fn=cmd_install)
     p = ds.add_parser("switch", help="point the store at a version it holds (older ones need --order with --trust)")
     p.add_argument("version")

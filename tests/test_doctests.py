@@ -9,7 +9,7 @@ MODULES = ["edge_gr", "edge_gr.delta", "edge_gr.update", "edge_gr.weightmap", "s
            "server.text", "server.model", "server.semantic_ids", "server.evaluate", "server.train", "server.peers.popularity",
            "server.compress", "server.compress.quantize", "server.compress.distill", "server.compress.grouped", "server.compress.prune",
            "server.compress._util", "server.compress.recipe", "server.compress.transforms", "edge_gr.search", "server.nas", "server.nas.space", "server.nas.search", "device_sim.fl.records", "device_sim.fl.adapters", "device_sim.fl.local",
-           "device_sim.fl.report", "device_sim.fl.flower", "server.shard", "server.shard.route", "server.shard.engines", "server.shard.meta", "server.shard.log", "server.security", "device_sim.fl.robust", "device_sim.fl.attacks", "server.schemas", "edge_gr.validate", "server.api"]
+           "device_sim.fl.report", "device_sim.fl.flower", "server.shard", "server.shard.route", "server.shard.engines", "server.shard.meta", "server.shard.log", "server.security", "device_sim.fl.robust", "device_sim.fl.attacks", "server.schemas", "edge_gr.validate", "server.api", "edge_gr.sealed"]
 
 
 @pytest.mark.parametrize("name", MODULES)

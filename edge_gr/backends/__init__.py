@@ -1,6 +1,8 @@
 """Runtime backends, registered by name and imported lazily (only when a variant is loaded).
 
-Every backend module has ``open(files, *, threads=None) -> Session``; a session runs the
+Every backend module has ``open(files, *, threads=None) -> Session``, ``files`` mapping role to a
+path or, for an encrypted file decrypted into memory (:mod:`edge_gr.sealed`), a :class:`Blob`
+(each backend loads a model from bytes, so no plaintext is written to disk); a session runs the
 two graphs of the bundle I/O ``enc-kv/dec-full-prefix/v1`` on numpy arrays:
 
 * ``encode(src (N, S) int64) -> [cross_mask, k_0, v_0, ...]``
@@ -27,7 +29,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -35,7 +37,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 
-__all__ = ["BACKENDS", "AUTO_ORDER", "Session", "BackendInfo", "register", "available", "open_session", "ORT_TELEMETRY_ENV"]
+__all__ = ["BACKENDS", "AUTO_ORDER", "Session", "BackendInfo", "Blob", "register", "available", "open_session", "ORT_TELEMETRY_ENV"]
 
 ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"  # read by onnxruntime when it is imported (see the module docstring)
 os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
@@ -47,6 +49,14 @@ class Session(Protocol):
     def encode(self, src: np.ndarray) -> list[np.ndarray]: ...
 
     def decode(self, prefix: np.ndarray, enc: list[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A variant file held in memory (decrypted from a sealed bundle file): its path in the bundle and its bytes."""
+
+    path: Path   # where it lives in the bundle (its name is what other files reference, e.g. ONNX external data)
+    data: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -94,8 +104,8 @@ def missing(name: str, err: Exception | None = None) -> BackendUnavailableError:
                                    hint=f"`{info.install}`, or load the bundle with backend='auto' or another backend")
 
 
-def open_session(name: str, files: dict[str, Path], *, threads: int | None = None) -> Session:
-    """Import backend ``name`` and open its session on ``files`` (role -> path)."""
+def open_session(name: str, files: dict[str, Path | Blob], *, threads: int | None = None) -> Session:
+    """Import backend ``name`` and open its session on ``files`` (role -> path, or :class:`Blob` in memory)."""
     info = _info(name)
     if not available(name):
         raise missing(name)

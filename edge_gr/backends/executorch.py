@@ -1,5 +1,8 @@
 """ExecuTorch backend: one ``.pte`` with methods ``encode`` and ``decode`` (XNNPACK), dynamic batch and beams.
 
+A file decrypted into memory (:class:`~edge_gr.backends.Blob`) is loaded from its bytes
+(``Runtime.load_program(bytes)``, which keeps them for the program's life).
+
 Note: ExecuTorch's *Python* runtime (``executorch.runtime``) imports torch and exchanges
 torch tensors; on a phone the C++/Java/Swift runtime runs the same ``.pte`` without torch.
 """
@@ -31,7 +34,10 @@ class EtSession:
         if threads:  # XNNPACK's pool is per process: `threads` resizes it (it was ignored before 2026-12-01)
             portable_lib._unsafe_reset_threadpool(int(threads))
         self._pool = portable_lib._threadpool_get_thread_count
-        prog = Runtime.get().load_program(Path(files["program"]))
+        from . import Blob
+
+        src = files["program"]
+        prog = Runtime.get().load_program(src.data if isinstance(src, Blob) else Path(src))
         self.enc, self.dec = prog.load_method("encode"), prog.load_method("decode")
         self._step = prog.load_method("step") if "step" in files else None
         if self._step is not None:  # the self caches' (nh, L, hs), read from the method's inputs

@@ -1,4 +1,6 @@
-"""LiteRT backend: one ``.tflite`` with signatures ``encode`` and ``decode`` (static batch x beam shapes)."""
+"""LiteRT backend: one ``.tflite`` with signatures ``encode`` and ``decode`` (static batch x beam shapes).
+
+A file decrypted into memory (:class:`~edge_gr.backends.Blob`) is loaded with ``Interpreter(model_content=...)``."""
 
 from __future__ import annotations
 
@@ -21,7 +23,11 @@ class LiteRtSession:
             from . import missing
 
             raise missing("litert", e) from None
-        self.it = Interpreter(model_path=str(files["program"]), num_threads=threads or None)
+        from . import Blob
+
+        prog = files["program"]
+        src = {"model_content": prog.data} if isinstance(prog, Blob) else {"model_path": str(prog)}
+        self.it = Interpreter(**src, num_threads=threads or None)
         self.threads = int(threads or 0)  # 0 = the interpreter's default
         self.enc, self.dec = self.it.get_signature_runner("encode"), self.it.get_signature_runner("decode")
         self.enc_in = self.enc.get_input_details()

@@ -1,7 +1,10 @@
-"""Eager-torch backend: ``torch.export`` programs (``encoder.pt2`` + ``decoder.pt2``); the fp32 reference."""
+"""Eager-torch backend: ``torch.export`` programs (``encoder.pt2`` + ``decoder.pt2``); the fp32 reference.
+
+A file decrypted into memory (:class:`~edge_gr.backends.Blob`) is loaded from a ``BytesIO``."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +26,13 @@ class TorchSession:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
         self.torch = torch
-        self.enc = torch.export.load(str(files["encoder"])).module()
-        self.dec = torch.export.load(str(files["decoder"])).module()
+        from . import Blob
+
+        def src(f):
+            return io.BytesIO(f.data) if isinstance(f, Blob) else str(f)
+
+        self.enc = torch.export.load(src(files["encoder"])).module()
+        self.dec = torch.export.load(src(files["decoder"])).module()
 
     def encode(self, src: np.ndarray) -> list[np.ndarray]:
         with self.torch.no_grad():

@@ -16,6 +16,13 @@ The folder is written beside ``out_dir`` and swapped in (:func:`edge_gr.fsutil.o
 ``out_dir`` is replaced only if it is a previous export (marker ``.edge-gr-output``, or a bundle holding
 nothing but its manifest's files) or with ``force=True``; anything else raises ``InputError`` first.
 
+With ``encrypt=`` (an :class:`edge_gr.sealed.DataKey`, a key file path, or ``(KeyProvider, key_id)``) every
+variant's files (graphs, weights, programs) are encrypted with AES-256-GCM (:mod:`edge_gr.sealed`); the IDs,
+index, catalogue, tokenizer and popularity stay clear. The device then needs ``edge_gr.load(..., key_provider=)``.
+
+>>> export_bundle(gm, "bundle/", encrypt="data.key")                           # doctest: +SKIP
+PosixPath('bundle')
+
 >>> parse_variants("onnxruntime:int8, torch:fp32@teacher")
 [VariantSpec(backend='onnxruntime', precision='int8', source=None), VariantSpec(backend='torch', precision='fp32', source='teacher')]
 """
@@ -157,19 +164,25 @@ def _check_compatible(main: GenerativeModel, name: str, other: GenerativeModel) 
 def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Sequence[VariantSpec | tuple] = tuple(DEFAULT_VARIANTS), *,
                   sources: Mapping[str, GenerativeModel] | None = None, main_name: str = "model",
                   metrics: dict[str, dict] | None = None, model_version: str | None = None, archive: bool = False,
-                  force: bool = False, command: str = "export") -> Path:
+                  force: bool = False, command: str = "export", encrypt=None) -> Path:
     """Export each variant of ``gm`` (or of a named checkpoint in ``sources``) and write the bundle folder atomically.
 
     ``variants``: :class:`VariantSpec` or ``(backend, precision[, source])`` tuples. A variant is
     named ``BACKEND-PRECISION`` (``-SOURCE`` appended when two share backend and precision).
     A source carrying a recipe (``recipe.json`` from ``edge-gr compress``) is exported at that precision
     only. ``metrics`` maps variant name to a metrics dict stored in the manifest. With ``archive=True``
-    a single-file ``<out_dir>.tar`` is written too.
+    a single-file ``<out_dir>.tar`` is written too. ``encrypt``: seal every variant's files with this data key
+    (:func:`edge_gr.sealed.data_key` forms; the shared files stay clear; sealed ONNX fp32 variants are not weight-bound).
 
     An existing ``out_dir`` is replaced only if it is a previous output of ``command`` (``edge-gr export``; ``build``
     passes its own) with nothing added, or with ``force=True``; else :class:`InputError`, before anything is exported.
     """
     check_bundle_out(out_dir, command, force=force, archive=archive)
+    key = None
+    if encrypt is not None:
+        from edge_gr.sealed import data_key
+
+        key = data_key(encrypt)  # a missing / bad key file fails here, before anything is exported
     specs = [VariantSpec(*v) for v in variants]
     srcs = {main_name: gm, **dict(sources or {})}
     for s in specs:
@@ -225,7 +238,7 @@ def export_bundle(gm: GenerativeModel, out_dir: str | os.PathLike, variants: Seq
                 static["max_len"] = model.cfg.max_len
             w.add_variant(name, s.backend, s.precision, {role: (rel / f).as_posix() for role, f in files.items()},
                           static=static, metrics=(metrics or {}).get(name, {}), recipe=backend_recipe(s.backend, s.precision),
-                          source=records[src_name])
+                          source=records[src_name], seal=key)
     if archive:
         write_archive(out, out.with_name(out.name + ".tar"))
     return out

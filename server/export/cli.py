@@ -1,13 +1,16 @@
 """``edge-gr export``: turn trained checkpoints into a device bundle.
 
     edge-gr export --checkpoint ckpt/ --out bundle/ [--variants onnxruntime:fp32,onnxruntime:int8@student]
-                   [--source student=variants/int8] [--archive] [--force]
+                   [--source student=variants/int8] [--archive] [--force] [--encrypt-key data.key]
 
 ``--out`` is written beside itself and swapped in. An existing folder is replaced only if it is a previous
 ``edge-gr export`` (nothing added to it); anything else is refused unless ``--force`` is given.
 
 A checkpoint written by ``edge-gr compress`` carries its recipe (``recipe.json``): exported alone,
 its default variants are every backend that has the recipe's precision.
+
+``--encrypt-key FILE`` (a data key from :func:`edge_gr.sealed.new_key`) encrypts every variant's model
+files with AES-256-GCM (:mod:`edge_gr.sealed`); the device loads the bundle with ``key_provider=``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ def cmd_export(args) -> None:
     from .bundle import check_bundle_out
 
     check_bundle_out(args.out, "export", force=args.force, archive=args.archive)  # before loading any checkpoint
+    key = None
+    if args.encrypt_key:
+        from edge_gr.sealed import load_key
+
+        key = load_key(args.encrypt_key)  # a missing or damaged key file fails before any checkpoint is loaded
     gm = GenerativeModel.load(args.checkpoint)
     sources = {name: GenerativeModel.load(path) for name, path in args.source or []}
     variants = args.variants
@@ -50,11 +58,11 @@ def cmd_export(args) -> None:
         variants = DEFAULT_VARIANTS if gm.recipe is None else [VariantSpec(b, gm.recipe.precision) for b, r in BACKEND_RECIPES.items()
                                                                if gm.recipe.precision in r]
     out = export_bundle(gm, args.out, variants, sources=sources, model_version=args.model_version, archive=args.archive,
-                        force=args.force)
+                        force=args.force, encrypt=key)
     m = load_manifest(out)
     for v in m.variants:
         print(f"{v.name:<24} {v.backend:<12} {v.precision:<5} {v.size / 1e6:8.2f} MB  from {v.source.get('name')}")
-    print(f"wrote {out}" + (f" and {out}.tar" if args.archive else ""))
+    print(f"wrote {out}" + (f" and {out}.tar" if args.archive else "") + (f"; model files encrypted with data key {key.key_id}" if key else ""))
 
 
 def add_parser(sub) -> None:
@@ -71,4 +79,7 @@ def add_parser(sub) -> None:
                     help="another checkpoint variants may come from (e.g. student=variants/int8), repeatable")
     sp.add_argument("--model-version", default=None, help="version string stored in the manifest (default: export time)")
     sp.add_argument("--archive", action="store_true", help="also write OUT.tar, the single-file bundle")
+    sp.add_argument("--encrypt-key", default=None, metavar="FILE",
+                    help="encrypt every variant's model files (AES-256-GCM) with this data key file (edge_gr.sealed.new_key); "
+                         "IDs, catalogue and tokenizer stay clear; the device then needs the key")
     sp.set_defaults(fn=cmd_export)

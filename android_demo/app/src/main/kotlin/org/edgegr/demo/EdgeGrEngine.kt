@@ -6,6 +6,7 @@ import org.edgegr.core.Hit
 import org.edgegr.core.PredictionCache
 import org.edgegr.core.RecBundle
 import org.edgegr.core.BundleError
+import org.edgegr.core.SealedError
 import org.edgegr.core.VariantPolicy
 import org.edgegr.core.variantsByPrecision
 import java.io.Closeable
@@ -101,6 +102,10 @@ class EdgeGrEngine private constructor(val bundle: RecBundle) : Closeable {
 
     private fun load(name: String): EtModel {
         val v = bundle.manifest.variant(name)
+        val seal = v.files["program"]?.sealed
+        if (seal != null)  // ExecuTorch's Java Module loads from a file path only; no plaintext .pte is written here
+            throw SealedError("variant $name is encrypted (data key '${seal.keyId}'); this demo loads ExecuTorch programs from a "
+                + "file path and does not open encrypted variants", hint = "push a bundle exported without --encrypt-key")
         return EtModel.load(bundle.file(v, "program"), bundle.manifest.runtime, name, (v.static["max_beam"] as? Number)?.toInt(), v.maxLen)
     }
 

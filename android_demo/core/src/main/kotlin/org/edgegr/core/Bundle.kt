@@ -18,11 +18,12 @@ const val MANIFEST = "manifest.json"
 private const val REBUILD = "re-export the bundle with `edge-gr export --checkpoint CKPT --out DIR`"
 private const val RECOPY = "copy the whole bundle again or $REBUILD"
 
-/** One file of the bundle, relative to its root. */
+/** One file of the bundle, relative to its root (sealed: sha256 and size are the ciphertext's, see Sealed.kt). */
 data class FileEntry(
     val path: String,   // POSIX path relative to the bundle root
     val sha256: String, // hex digest
-    val size: Long      // bytes
+    val size: Long,     // bytes
+    val sealed: Seal? = null  // null: a clear file
 )
 
 /** What the device needs to know about the model to feed and decode it. */
@@ -111,7 +112,12 @@ data class BundleManifest(
                 out[role] = FileEntry(
                     path = f.req("path", "$where.$role.path").asStr("$where.$role.path"),
                     sha256 = f.req("sha256", "$where.$role.sha256").asStr("$where.$role.sha256"),
-                    size = f.req("size", "$where.$role.size").asLong("$where.$role.size"))
+                    size = f.req("size", "$where.$role.size").asLong("$where.$role.size"),
+                    sealed = if (f["sealed"] == null) null else f["sealed"].asObj("$where.$role.sealed").let { s ->
+                        Seal(alg = s.req("alg", "$where.$role.sealed.alg").asStr("$where.$role.sealed.alg"),
+                            keyId = s.req("key_id", "$where.$role.sealed.key_id").asStr("$where.$role.sealed.key_id"),
+                            nonce = s.req("nonce", "$where.$role.sealed.nonce").asStr("$where.$role.sealed.nonce"))
+                    })
             }
             return out
         }
