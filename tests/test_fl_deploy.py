@@ -19,6 +19,44 @@ def test_docstring_examples(module):
     assert result.attempted > 0 and result.failed == 0
 
 
+def _plain_http_answer(address: str) -> bytes:
+    """What a plain-text HTTP request to ``address`` gets back (b"" if the server hangs up)."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        out = b""
+        try:
+            while chunk := s.recv(4096):
+                out += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return out
+
+
+def _check_tls(fed):
+    """The SuperLink port speaks only TLS, with the harness's own certificate."""
+    import socket
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    host, port = fed.superlink_address.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=str(fed.tls.ca_cert))  # verifies the chain and the SAN 127.0.0.1
+    with socket.create_connection((host, int(port)), timeout=5) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+        presented = s.getpeercert(binary_form=True)
+    want = x509.load_pem_x509_certificate(fed.tls.server_cert.read_bytes()).public_bytes(Encoding.DER)
+    assert presented == want
+    with pytest.raises(ssl.SSLCertVerificationError):  # a client that does not trust the harness CA refuses it
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+    assert not _plain_http_answer(fed.superlink_address).startswith(b"HTTP/")  # no plain-text service
+    assert "insecure" not in fed.log("superlink").lower()
+    assert all("insecure" not in fed.log(f"supernode-{i}").lower() for i in range(fed.num_supernodes))
+
+
 def _gone(pids):
     return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
 
@@ -28,6 +66,8 @@ def test_superlink_and_two_supernodes_complete_a_round(tmp_path):
     result_path = tmp_path / "result.json"
     with LocalFederation(num_supernodes=2, workdir=tmp_path / "fed") as fed:
         res = fed.run(PROBE_APP_DIR, run_config={"result-path": str(result_path), "min-nodes": 2}, timeout=150)
+        _check_tls(fed)  # the round above ran over TLS (the default)
+        assert 'root-certificates = "' in (fed.workdir / "cli-home" / "config.toml").read_text()
         tag_pids = [p.pid for p in deploy._tagged_processes(psutil, fed._tag).values()]
         pids = fed.pids + tag_pids
         assert len(tag_pids) >= 1 + 2 + 3  # superlink, 2 supernodes and their 3 superexec helpers
@@ -49,6 +89,32 @@ def test_failing_run_raises_with_logs_and_tears_down(tmp_path):
     message = str(info.value)
     assert "finished:failed" in message and "superlink.log (tail)" in message and "supernode-1.log (tail)" in message
     assert _gone(pids)
+
+
+@pytest.mark.timeout(120)
+def test_insecure_dev_mode_is_plain_http_and_warns(tmp_path, capfd):
+    """The counter-check of the TLS test: in the explicit dev mode the same port answers plain HTTP."""
+    with LocalFederation(num_supernodes=1, workdir=tmp_path / "fed", insecure_dev=True) as fed:
+        assert fed.tls is None
+        assert _plain_http_answer(fed.superlink_address).startswith(b"HTTP/1.1")
+    err = capfd.readouterr().err
+    assert "WARNING" in err and "insecure_dev=True" in err and "unencrypted" in err
+
+
+def test_tls_arguments_are_checked_before_starting(tmp_path):
+    from device_sim.fl.deploy import TLSFiles, make_loopback_certificates
+
+    tls = make_loopback_certificates(tmp_path / "tls")
+    with pytest.raises(FederationError, match="both tls= and insecure_dev"):
+        LocalFederation(tls=tls, insecure_dev=True)
+    with pytest.raises(FederationError, match="server_key .* is not a file"):
+        LocalFederation(tls=TLSFiles(tls.ca_cert, tls.server_cert, tmp_path / "missing.key"))
+    fed = LocalFederation(tls=tls)  # user-supplied certificates: used as given
+    fed.tls = fed._given_tls
+    assert fed._server_tls_args() == ["--ssl-ca-certfile", str(tls.ca_cert), "--ssl-certfile", str(tls.server_cert),
+                                      "--ssl-keyfile", str(tls.server_key)]
+    assert fed._client_tls_args() == ["--root-certificates", str(tls.ca_cert)]
+    assert oct((tmp_path / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_app_dir_without_pyproject_is_refused_before_running(tmp_path):

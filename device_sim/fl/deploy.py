@@ -16,6 +16,15 @@ is recorded (:attr:`DeploymentResult.install_attempts`) and fails instead of ins
 The SuperNodes run the ClientApp from this environment (``device_sim`` from this checkout,
 put first on ``PYTHONPATH``); the FAB built from ``app_dir`` only carries its config.
 
+Transport security: TLS by default. Without ``tls=`` the harness makes a private CA and a
+server certificate for ``127.0.0.1`` / ``localhost`` (:func:`make_loopback_certificates`,
+keys ``0600``) in its work directory; the SuperLink serves every API over HTTPS with it
+(``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``), the SuperNodes verify it
+(``--root-certificates``; their own ClientAppIo API gets the same certificate) and so does
+``flwr run`` (``root-certificates`` in the connection config). A real deployment passes its
+own :class:`TLSFiles`. Plain HTTP (``--insecure`` everywhere) only with
+``insecure_dev=True``, which prints a warning.
+
 Flower 1.42 notes: every SuperLink API (Fleet, Control, ServerAppIo) is one HTTP port
 (``--host/--port``); a SuperNode's ClientAppIo API is its own ``--port``; both spawn
 ``flower-superexec`` *by name*, so the venv's ``bin`` must be on ``PATH``.
@@ -25,6 +34,8 @@ Example (~15 s; the probe app's global arrays after one round are known)::
     >>> from device_sim.fl.deploy_app import expected_probe_value
     >>> with LocalFederation(num_supernodes=2) as fed:                        # doctest: +SKIP
     ...     res = fed.run(PROBE_APP_DIR, run_config={"result-path": "r.json"})
+    ...     fed.tls.ca_cert.name                                     # the harness's own CA
+    'ca.pem'
     >>> res.status                                                             # doctest: +SKIP
     'finished:completed'
 """
@@ -51,6 +62,8 @@ from device_sim.fl.errors import FederationError
 __all__ = [
     "LocalFederation",
     "DeploymentResult",
+    "TLSFiles",
+    "make_loopback_certificates",
     "FederationError",
     "PROBE_APP_DIR",
     "free_ports",
@@ -76,6 +89,102 @@ class DeploymentResult:
     seconds: float  # wall time of `flwr run --stream`
     output: str  # what `flwr run --stream` printed (the ServerApp's log)
     install_attempts: tuple[str, ...] = field(default=())  # guarded uv/pip calls (must be empty)
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for the SuperLink's HTTPS: the CA that signed it, its certificate and key.
+
+    For :class:`LocalFederation` the certificate must be valid for ``127.0.0.1`` (a SAN IP
+    entry): the SuperNodes, ``flwr run`` and Flower's SuperExec helpers connect there.
+    """
+
+    ca_cert: Path  # PEM CA certificate (what clients trust)
+    server_cert: Path  # PEM server certificate (chain) signed by ca_cert
+    server_key: Path  # PEM private key of server_cert (keep it 0600)
+
+    def check(self) -> TLSFiles:
+        """The same files as absolute paths; :class:`FederationError` if one is missing."""
+        out = TLSFiles(*(Path(p).expanduser().resolve() for p in (self.ca_cert, self.server_cert, self.server_key)))
+        for name, p in zip(("ca_cert", "server_cert", "server_key"), (out.ca_cert, out.server_cert, out.server_key)):
+            if not p.is_file():
+                raise FederationError(f"TLS {name} {p} is not a file",
+                                      hint="pass existing PEM files, or tls=None to generate loopback certificates")
+        return out
+
+
+def make_loopback_certificates(directory: str | Path, *, days: int = 7) -> TLSFiles:
+    """A fresh private CA and a server certificate for ``127.0.0.1`` / ``localhost``.
+
+    Written to ``directory`` as ``ca.pem``, ``server.pem`` and ``server.key`` (keys
+    ``0600``; the CA key ``ca.key`` is kept only so the files are self-describing).
+    ECDSA P-256, valid ``days`` days, ``serverAuth`` only: for loopback tests, never
+    for a real deployment (pass your own :class:`TLSFiles` there).
+
+    >>> import tempfile, stat
+    >>> tls = make_loopback_certificates(tempfile.mkdtemp())
+    >>> from cryptography import x509
+    >>> cert = x509.load_pem_x509_certificate(tls.server_cert.read_bytes())
+    >>> san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    >>> [str(ip) for ip in san.get_values_for_type(x509.IPAddress)], san.get_values_for_type(x509.DNSName)
+    (['127.0.0.1'], ['localhost'])
+    >>> oct(stat.S_IMODE(tls.server_key.stat().st_mode))
+    '0o600'
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = Path(directory).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"edge-gr loopback CA {uuid.uuid4().hex[:8]}")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+
+    def pem_key(k: Any) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    _write_private(d / "ca.key", pem_key(ca_key))
+    _write_private(d / "server.key", pem_key(key))
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return TLSFiles(ca_cert=d / "ca.pem", server_cert=d / "server.pem", server_key=d / "server.key")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` readable by this user only (0600 from creation on)."""
+    if path.exists():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -165,16 +274,27 @@ class LocalFederation:
         startup_timeout: seconds for the SuperLink to listen and all SuperNodes to
             register.
         node_config: extra ``key=value`` node config for every SuperNode.
+        tls: the SuperLink's certificate files (:class:`TLSFiles`, for a real
+            certificate); default: a loopback CA and certificate generated in ``workdir``.
+        insecure_dev: plain HTTP everywhere (Flower's ``--insecure``), for development
+            only: prints a warning, and refuses ``tls``.
 
     >>> fed = LocalFederation(num_supernodes=2)
-    >>> fed.num_supernodes, fed.superlink_address is None  # nothing starts before `with`
-    (2, True)
+    >>> fed.num_supernodes, fed.superlink_address is None, fed.tls  # nothing starts before `with`
+    (2, True, None)
     """
 
     def __init__(self, num_supernodes: int = 2, *, workdir: str | Path | None = None,
-                 startup_timeout: float = 60.0, node_config: dict[str, Any] | None = None):
+                 startup_timeout: float = 60.0, node_config: dict[str, Any] | None = None,
+                 tls: TLSFiles | None = None, insecure_dev: bool = False):
         if num_supernodes < 1:
             raise FederationError(f"num_supernodes must be >= 1, got {num_supernodes}", hint="pass e.g. 2")
+        if insecure_dev and tls is not None:
+            raise FederationError("both tls= and insecure_dev=True were given",
+                                  hint="drop insecure_dev to use the certificates, or drop tls for plain HTTP (development)")
+        self.insecure_dev = insecure_dev
+        self._given_tls = tls.check() if tls is not None else None
+        self.tls: TLSFiles | None = None  # the certificates in use (set on start; None if insecure_dev)
         self.num_supernodes = num_supernodes
         self.startup_timeout = startup_timeout
         self.node_config = dict(node_config or {})
@@ -209,20 +329,27 @@ class LocalFederation:
         self.workdir = self._given_workdir or Path(tempfile.mkdtemp(prefix="edge_gr_fl_deploy_"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._env = self._make_env()
+        if self.insecure_dev:
+            print("edge-gr: WARNING: LocalFederation(insecure_dev=True): the SuperLink, SuperNodes and `flwr run` "
+                  "talk plain HTTP (Flower --insecure): model updates and control calls are unencrypted and "
+                  "unauthenticated. Development only; drop insecure_dev to use TLS.", file=sys.stderr, flush=True)
+            self.tls = None
+        else:
+            self.tls = self._given_tls or make_loopback_certificates(self.workdir / "tls")
         link_port, *node_ports = free_ports(1 + self.num_supernodes)
         self.superlink_address = f"127.0.0.1:{link_port}"
 
         self._write_cli_config()
         self._spawn("superlink", [
-            "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+            "flower-superlink", *self._server_tls_args(), "--disable-runtime-dependency-installation",
             "--isolation", "subprocess", "--host", "127.0.0.1", "--port", str(link_port),
         ])
         self._wait(lambda: _listening(link_port), "the SuperLink to listen on " + self.superlink_address)
         for i, port in enumerate(node_ports):
             cfg = {"partition-id": i, "num-partitions": self.num_supernodes, **self.node_config}
             self._spawn(f"supernode-{i}", [
-                "flower-supernode", "--insecure", "--superlink", self.superlink_address,
-                "--host", "127.0.0.1", "--port", str(port),
+                "flower-supernode", *self._client_tls_args(), *self._server_tls_args(dev_flag=False),
+                "--superlink", self.superlink_address, "--host", "127.0.0.1", "--port", str(port),
                 "--node-config", " ".join(f"{k}={_node_value(v)}" for k, v in cfg.items()),
             ])
         self._wait(lambda: self.log("superlink").count("Activated node_id") >= self.num_supernodes,
@@ -357,13 +484,25 @@ class LocalFederation:
         })
         return env
 
+    def _server_tls_args(self, *, dev_flag: bool = True) -> list[str]:
+        """A server's TLS flags (SuperLink; SuperNode ClientAppIo with ``dev_flag=False``)."""
+        if self.tls is None:
+            return ["--insecure"] if dev_flag else []
+        return ["--ssl-ca-certfile", str(self.tls.ca_cert), "--ssl-certfile", str(self.tls.server_cert),
+                "--ssl-keyfile", str(self.tls.server_key)]
+
+    def _client_tls_args(self) -> list[str]:
+        """A SuperNode's flags for its connection to the SuperLink."""
+        return ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca_cert)]
+
     def _write_cli_config(self) -> None:
         assert self.workdir is not None
         home = self.workdir / "cli-home"
         home.mkdir(parents=True, exist_ok=True)
+        trust = "insecure = true\n" if self.tls is None else f"root-certificates = {json.dumps(str(self.tls.ca_cert))}\n"
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "{_CONNECTION}"\n\n'
-            f'[superlink.{_CONNECTION}]\naddress = "{self.superlink_address}"\ninsecure = true\n')
+            f'[superlink.{_CONNECTION}]\naddress = "{self.superlink_address}"\n{trust}')
         self._env["FLWR_HOME"] = str(home)
 
     def _spawn(self, name: str, cmd: list[str]) -> None:

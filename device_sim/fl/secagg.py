@@ -45,6 +45,38 @@ plus float rounding. Unweighted (all ``num_examples == max_weight``) that is ``2
 4.8e-7 with the defaults ``C = 1``, ``Q = 2**22``. No overflow needs ``n * Q <
 modulus_range`` (checked each round): at most 1023 clients per round with the defaults.
 
+Checks and attacks (issue "Trust", item 6)
+------------------------------------------
+Under SecAgg+ the server cannot look at one update, so the defences are split:
+
+* **client side, before masking** (:func:`_check_client_update`): a non-finite update is
+  refused (the client fails the round); with ``max_update_norm = B`` an update longer than
+  ``B`` (L2, of the delta) is scaled down to ``B``; ``num_examples`` is clipped to
+  ``max_weight``; a weighted element outside ``[-C, C]`` is refused. This bounds honest
+  but buggy clients, not a client that runs other code.
+* **server side, on the unmasked aggregate** (:func:`check_aggregate`): the mean update
+  must be finite, every ``num_examples`` claimed in the clear must be ``<= max_weight``,
+  and (with ``B``) ``||mean|| <= B + s``: a weighted mean of updates of norm ``<= B`` has
+  norm ``<= B``, and ``s = sqrt(d) * secagg_tolerance(...)`` is the quantization slack
+  over the ``d`` elements. A failing aggregate skips the round: the global arrays stay
+  as they were and the :class:`RoundResult` says why (``skipped``, ``reason``).
+* **in the clear** (``secure=False``) every reply is checked before aggregation
+  (:func:`device_sim.fl.robust.check_update`: finite, ``||u_i|| <= B``; a failing reply
+  is left out, listed in ``RoundResult.rejected``) and its ``num_examples`` is clipped to
+  ``max_weight``; then the same aggregate check.
+
+So whatever a malicious client sends, an aggregated round moves the model by at most
+``B + s`` and the honest clients' mean has norm ``<= B``: the global update is within
+``2B + s`` of the honest aggregate, and within ``B`` when the round is skipped.
+``attacks=`` (dicts of :func:`device_sim.fl.attacks.parse_attack`) corrupts the chosen
+partitions' plaintext update *after* the client's checks and before masking: a client
+that bypasses its own checks (tested in ``tests/test_fl_trust_secagg.py``).
+
+A SecAgg+ round that cannot finish (too few clients answer a stage, e.g. the unmasking
+stage, to rebuild the masks) is also reported as skipped with the stage, and the model
+is unchanged; :func:`run_secagg_simulation` raises :class:`FederationError` naming the
+rounds and reasons (or returns them with ``allow_skipped=True``).
+
 Updates, not models
 -------------------
 With ``send_deltas=True`` (default) a client sends ``local - global`` and the server
@@ -104,6 +136,9 @@ __all__ = [
     "check_secagg_ranges",
     "choose_dropouts",
     "synthetic_fit_fn",
+    "check_aggregate",
+    "aggregate_slack",
+    "never_unmask_mod",
     "DEFAULT_CLIPPING_RANGE",
     "DEFAULT_QUANTIZATION_RANGE",
     "DEFAULT_MODULUS_RANGE",
@@ -138,6 +173,9 @@ class RoundResult:
     num_failures: int  # sampled clients that did not contribute (dropouts included)
     secure: bool  # True if aggregated under SecAgg+
     dropped_node_ids: tuple[int, ...] = field(default=())  # nodes told to drop (drop_fraction)
+    skipped: bool = False  # True: no aggregate was applied, ``arrays`` are the round's start arrays
+    reason: str = ""  # why the round was skipped
+    rejected: tuple[int, ...] = field(default=())  # partitions whose reply was refused (secure=False)
 
 
 # ----------------------------------------------------------------------------- math
@@ -250,6 +288,72 @@ def synthetic_fit_fn(scale: float = 0.1, max_examples: int = 1) -> FitFn:
     return fit
 
 
+def aggregate_slack(
+    num_examples: Sequence[int],
+    num_elements: int,
+    *,
+    max_update_norm: float,
+    clipping_range: float = DEFAULT_CLIPPING_RANGE,
+    quantization_range: int = DEFAULT_QUANTIZATION_RANGE,
+    max_weight: float = 1.0,
+) -> float:
+    """``s``: how much longer (L2) than ``max_update_norm`` a SecAgg+ mean of honest updates
+    can come out: ``sqrt(num_elements) * secagg_tolerance(...)`` with ``max_abs_update =
+    max_update_norm`` (an element is never larger than the norm).
+
+    >>> f"{aggregate_slack([1, 1, 1, 1], 18, max_update_norm=0.5):.3g}"
+    '2.02e-06'
+    """
+    per_element = secagg_tolerance([min(n, max_weight) for n in num_examples], max_abs_update=max_update_norm,
+                                   clipping_range=clipping_range, quantization_range=quantization_range,
+                                   max_weight=max_weight)
+    return float(np.sqrt(num_elements) * per_element)
+
+
+def check_aggregate(
+    mean_update: Sequence[np.ndarray],
+    num_examples: Sequence[int],
+    *,
+    secure: bool,
+    max_update_norm: float | None,
+    max_weight: float,
+    clipping_range: float = DEFAULT_CLIPPING_RANGE,
+    quantization_range: int = DEFAULT_QUANTIZATION_RANGE,
+) -> str | None:
+    """Why the (unmasked) mean update must not be applied, or None (a pure function).
+
+    Refuses a non-finite mean; under SecAgg+ a ``num_examples`` claimed in the clear above
+    ``max_weight`` (the client's masked weight factor then overflowed); with
+    ``max_update_norm = B``, ``||mean|| > B + s`` (:func:`aggregate_slack`; in the clear
+    ``s`` is float rounding only).
+
+    >>> check_aggregate([np.full(4, 0.1)], [1, 1], secure=True, max_update_norm=0.5, max_weight=1)
+    >>> check_aggregate([np.full(4, 0.3)], [1, 1], secure=True, max_update_norm=0.5, max_weight=1)
+    'aggregate update norm 0.6 > bound 0.500001 (max_update_norm 0.5 + quantization slack 9.5e-07)'
+    >>> check_aggregate([np.array([np.nan])], [1], secure=False, max_update_norm=None, max_weight=1)
+    'non-finite aggregate update'
+    >>> check_aggregate([np.zeros(2)], [1, 10**9], secure=True, max_update_norm=None, max_weight=1)
+    'a client claimed num_examples 1000000000 > max_weight 1 (its masked weight overflows the sum)'
+    """
+    arrays = [np.asarray(a, dtype=np.float64) for a in mean_update]
+    if not all(np.isfinite(a).all() for a in arrays):
+        return "non-finite aggregate update"
+    if secure and num_examples and max(num_examples) > max_weight:
+        return (f"a client claimed num_examples {max(num_examples)} > max_weight {max_weight:g} "
+                "(its masked weight overflows the sum)")
+    if max_update_norm is None:
+        return None
+    norm = float(np.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in arrays)))
+    d = sum(a.size for a in arrays)
+    slack = (aggregate_slack(num_examples, d, max_update_norm=max_update_norm, clipping_range=clipping_range,
+                             quantization_range=quantization_range, max_weight=max_weight)
+             if secure else 1e-9 * max_update_norm)
+    if norm > max_update_norm + slack:
+        return (f"aggregate update norm {norm:.4g} > bound {max_update_norm + slack:.6g} "
+                f"(max_update_norm {max_update_norm:g} + quantization slack {slack:.2g})")
+    return None
+
+
 # ----------------------------------------------------------------------------- apps
 
 
@@ -271,6 +375,9 @@ def make_secagg_apps(
     send_deltas: bool = True,
     drop_fraction: float = 0.0,
     drop_seed: int = 0,
+    max_update_norm: float | None = None,
+    attacks: Sequence[dict] = (),
+    client_mods: Sequence[Callable[..., Any]] = (),
     on_aggregate: Callable[[RoundResult], None] | None = None,
     on_reply: Callable[[Any], None] | None = None,
 ) -> tuple[Any, Any]:
@@ -303,7 +410,17 @@ def make_secagg_apps(
         drop_fraction: seeded share of sampled clients that raise
             :class:`SimulatedDropout` after local training (after key sharing).
         drop_seed: seed of :func:`choose_dropouts`.
-        on_aggregate: called on the server with each round's :class:`RoundResult`.
+        max_update_norm: ``B``, the L2 bound on one client's update (the delta with
+            ``send_deltas``): clients clip to it before masking, the server refuses a mean
+            longer than ``B + s`` and, in the clear, any reply longer than ``B``
+            (module docstring). ``None``: finiteness and weights are checked only.
+        attacks: robustness evaluation: :func:`~device_sim.fl.attacks.parse_attack`
+            dicts (``kind``, ``partitions``, ``factor``, optional ``rounds``); those
+            partitions corrupt their update after their own checks, before masking.
+        client_mods: Flower mods wrapped around the whole client (they see the SecAgg+
+            protocol messages, e.g. :func:`never_unmask_mod`).
+        on_aggregate: called on the server with each round's :class:`RoundResult`
+            (skipped rounds included).
         on_reply: called on the server with every reply ``flwr.app.Message`` it
             receives (to inspect what the server actually sees).
 
@@ -337,6 +454,13 @@ def make_secagg_apps(
         raise FederationError(f"max_weight must be > 0, got {max_weight}", hint="pass the largest num_examples")
     check_secagg_ranges(min_clients, clipping_range=clipping_range, quantization_range=quantization_range,
                         modulus_range=modulus_range)
+    if max_update_norm is not None and not max_update_norm > 0:
+        raise FederationError(f"max_update_norm must be > 0, got {max_update_norm}", hint="pass an L2 bound, e.g. 1.0, or None")
+    from device_sim.fl.attacks import KINDS
+
+    for a in attacks:
+        if a.get("kind") not in KINDS:
+            raise FederationError(f"unknown attack {a!r}", hint=f"use device_sim.fl.attacks.parse_attack ({', '.join(KINDS)})")
     choose_dropouts([], drop_fraction, seed=drop_seed, server_round=1)  # validates drop_fraction
     dtypes = [a.dtype for a in init]
 
@@ -346,6 +470,7 @@ def make_secagg_apps(
         def configure_fit(self, server_round, parameters, client_manager):  # type: ignore[no-untyped-def]
             pairs = super().configure_fit(server_round, parameters, client_manager)
             self._global = parameters_to_ndarrays(parameters)
+            self._round = server_round
             if secure:
                 check_secagg_ranges(len(pairs), clipping_range=clipping_range,
                                     quantization_range=quantization_range, modulus_range=modulus_range)
@@ -359,11 +484,69 @@ def make_secagg_apps(
                 for p, ins in pairs
             ]
 
+        def _report(self, result: RoundResult) -> None:
+            for sink in sinks:
+                sink.append(result)
+            if on_aggregate is not None:
+                on_aggregate(result)
+
+        def skip(self, server_round: int, reason: str, results: Sequence[Any] = (), rejected: tuple[int, ...] = ()) -> None:
+            """Report round ``server_round`` as skipped: the global arrays stay as they were."""
+            from flwr.common.logger import log
+
+            msg = f"round {server_round} skipped, the global model is unchanged: {reason}"
+            log(logging.WARNING, "edge-gr: %s", msg)
+            _log.warning(msg)
+            self._report(RoundResult(
+                server_round=server_round, arrays=[g.astype(t) for g, t in zip(self._global, dtypes)],
+                partition_ids=tuple(sorted(int(r.metrics[_PID_KEY]) for _, r in results)),
+                num_failures=self._num_sampled - len(results), secure=secure, dropped_node_ids=self._dropped,
+                skipped=True, reason=reason, rejected=rejected))
+
+        def _screen(self, results):  # type: ignore[no-untyped-def]
+            """In the clear: leave out replies failing check_update, clip num_examples."""
+            from device_sim.fl.robust import ReplyGuard, check_update
+
+            guard = ReplyGuard(max_update_norm=max_update_norm)
+            kept, rejected = [], []
+            for proxy, res in results:
+                arrays = parameters_to_ndarrays(res.parameters)
+                if len(arrays) != len(self._global):
+                    why: str | None = f"{len(arrays)} arrays, the global model has {len(self._global)}"
+                else:
+                    ref = [np.zeros_like(g) for g in self._global] if send_deltas else self._global
+                    why = check_update({str(k): a for k, a in enumerate(arrays)},
+                                       {str(k): g for k, g in enumerate(ref)}, guard)
+                pid = int(res.metrics.get(_PID_KEY, -1))
+                if why:
+                    _log.warning("round reply of partition %d rejected: %s", pid, why)
+                    rejected.append(pid)
+                    continue
+                res.num_examples = int(min(res.num_examples, max_weight))
+                kept.append((proxy, res))
+            return kept, tuple(sorted(rejected))
+
         def aggregate_fit(self, server_round, results, failures):  # type: ignore[no-untyped-def]
+            rejected: tuple[int, ...] = ()
+            if not secure:
+                results, rejected = self._screen(results)
+            if not results:
+                self.skip(server_round, "no usable client update" + (f" (rejected: {list(rejected)})" if rejected else ""),
+                          rejected=rejected)
+                return None, {}
+            claimed = [int(r.num_examples) for _, r in results]
             params, metrics = super().aggregate_fit(server_round, results, failures)
             if params is None:
+                self.skip(server_round, "the strategy produced no aggregate", results, rejected)
                 return None, {}
             mean = parameters_to_ndarrays(params)
+            mean_update = mean if send_deltas else [m - g for m, g in zip(mean, self._global)]
+            why = check_aggregate(mean_update, claimed, secure=secure, max_update_norm=max_update_norm,
+                                  max_weight=max_weight, clipping_range=clipping_range,
+                                  quantization_range=quantization_range)
+            if why:
+                self.skip(server_round, why, results, rejected)
+                return None, {}
             if send_deltas:
                 new = [(g.astype(np.float64) + m).astype(t) for g, m, t in zip(self._global, mean, dtypes)]
             else:
@@ -377,11 +560,9 @@ def make_secagg_apps(
                 num_failures=self._num_sampled - len(results),
                 secure=secure,
                 dropped_node_ids=self._dropped,
+                rejected=rejected,
             )
-            for sink in sinks:
-                sink.append(result)
-            if on_aggregate is not None:
-                on_aggregate(result)
+            self._report(result)
             return ndarrays_to_parameters(new), metrics
 
     server_app = ServerApp()
@@ -404,7 +585,8 @@ def make_secagg_apps(
                                strategy=strategy)
         fit_workflow = None
         if secure:
-            fit_workflow = SecAggPlusWorkflow(
+            fit_workflow = _workflow_class()(
+                strategy,
                 num_shares=num_shares,
                 reconstruction_threshold=reconstruction_threshold,
                 max_weight=max_weight,
@@ -424,8 +606,11 @@ def make_secagg_apps(
             if config.get(_DROP_KEY):
                 raise SimulatedDropout(f"partition {self.partition_id} dropped after local training")
             out = [np.asarray(a) - g for a, g in zip(arrays, parameters)] if send_deltas else list(arrays)
-            if secure:
-                _check_client_update(out, n, max_weight=max_weight, clipping_range=clipping_range)
+            if secure or max_update_norm is not None:
+                delta = out if send_deltas else [np.asarray(o) - g for o, g in zip(out, parameters)]
+                delta, n = _check_client_update(delta, n, max_weight=max_weight, clipping_range=clipping_range,
+                                                max_update_norm=max_update_norm, secure=secure)
+                out = delta if send_deltas else [g + d for g, d in zip(parameters, delta)]
             return out, int(n), {**metrics, _PID_KEY: self.partition_id}
 
     def client_fn(context):  # type: ignore[no-untyped-def]
@@ -438,25 +623,138 @@ def make_secagg_apps(
             ) from e
         return _Client(pid).to_client()
 
-    client_app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod] if secure else [])
+    inner = [_attack_mod(list(attacks), send_deltas)] if attacks else []
+    client_app = ClientApp(client_fn=client_fn, mods=[*client_mods, *([secaggplus_mod] if secure else []), *inner])
     return server_app, client_app
 
 
-def _check_client_update(update: list[np.ndarray], num_examples: int, *, max_weight: float, clipping_range: float) -> None:
-    """Refuse what SecAgg+ would silently distort: non-finite, overweight or clipped updates.
+def _workflow_class() -> type:
+    """``SecAggPlusWorkflow`` that reports a halted stage as a skipped round."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    class ReportingSecAggPlus(SecAggPlusWorkflow):
+        def __init__(self, strategy: Any, **kwargs: Any):
+            super().__init__(**kwargs)
+            self._edge_gr_strategy = strategy
+
+        def _watch(self, stage: str, ok: bool, state: Any) -> bool:
+            if not ok:
+                live, sampled = len(state.active_node_ids), len(state.sampled_node_ids)
+                self._edge_gr_strategy.skip(
+                    self._edge_gr_strategy._round,
+                    f"SecAgg+ halted in the {stage} stage: {live} of {sampled} sampled clients answered, "
+                    f"{state.threshold} shares are needed to rebuild each client's masks")
+            return ok
+
+        def setup_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+            return self._watch("setup", super().setup_stage(grid, context, state), state)
+
+        def share_keys_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+            return self._watch("share-keys", super().share_keys_stage(grid, context, state), state)
+
+        def collect_masked_vectors_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+            return self._watch("collect-masked-vectors", super().collect_masked_vectors_stage(grid, context, state), state)
+
+        def unmask_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+            return self._watch("unmask", super().unmask_stage(grid, context, state), state)
+
+    return ReportingSecAggPlus
+
+
+def _attack_mod(attacks: list[dict], send_deltas: bool) -> Callable[..., Any]:
+    """A legacy-API client mod between SecAgg+ and the client: the attacking partitions
+    corrupt their plaintext ``FitRes`` after the client's own checks, before masking."""
+
+    def mod(msg, context, call_next):  # type: ignore[no-untyped-def]
+        from flwr.app import Array
+
+        reply = call_next(msg, context)
+        pid = int(context.node_config.get("partition-id", -1))
+        try:
+            rnd = int(msg.metadata.group_id)
+        except ValueError:
+            rnd = -1
+        c = reply.content
+        if reply.has_error() or "fitres.parameters" not in c.array_records:
+            return reply  # not a fit reply (a protocol stage, or the client failed)
+        for a in attacks:
+            if pid not in set(a["partitions"]) or ("rounds" in a and rnd not in set(a["rounds"])):
+                continue
+            if a["kind"] == "examples":
+                c.metric_records["fitres.num_examples"]["num_examples"] = int(a.get("factor") or 1e9)
+                continue
+            rec = c.array_records["fitres.parameters"]
+            sent = list(msg.content.array_records["fitins.parameters"].values())
+            for k, (key, arr) in enumerate(list(rec.items())):
+                v = arr.numpy()
+                if a["kind"] == "nan":
+                    bad = np.full_like(v, np.nan)
+                elif send_deltas:
+                    bad = v * float(a.get("factor") or 1e6)
+                else:
+                    g = sent[k].numpy()
+                    bad = g + (v - g) * float(a.get("factor") or 1e6)
+                rec[key] = Array(np.ascontiguousarray(bad, dtype=v.dtype))
+        return reply
+
+    return mod
+
+
+def never_unmask_mod(partitions: Iterable[int], *, how: str = "raise", hang_s: float = 30.0) -> Callable[..., Any]:
+    """A client mod for dropout tests: the listed partitions never answer SecAgg+'s unmask
+    stage (``how="raise"``: the client fails there; ``"hang"``: it sleeps ``hang_s``
+    seconds, past the server's stage timeout, then fails).
+
+    >>> callable(never_unmask_mod([0], how="hang"))
+    True
+    """
+    victims = {int(p) for p in partitions}
+    if how not in ("raise", "hang"):
+        raise FederationError(f"never_unmask_mod how={how!r}", hint="use 'raise' or 'hang'")
+
+    def mod(msg, context, call_next):  # type: ignore[no-untyped-def]
+        import time
+
+        from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+        cfg = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        if (cfg is not None and cfg.get(Key.STAGE) == Stage.UNMASK
+                and int(context.node_config.get("partition-id", -1)) in victims):
+            if how == "hang":
+                time.sleep(hang_s)
+            raise SimulatedDropout(f"partition {context.node_config['partition-id']} never answers the unmask stage")
+        return call_next(msg, context)
+
+    return mod
+
+
+def _check_client_update(update: list[np.ndarray], num_examples: int, *, max_weight: float, clipping_range: float,
+                         max_update_norm: float | None = None, secure: bool = True) -> tuple[list[np.ndarray], int]:
+    """The update and weight a client may upload: refuse non-finite values, clip the L2 norm to
+    ``max_update_norm`` and ``num_examples`` to ``max_weight``; under SecAgg+ refuse what
+    quantization would clip silently.
 
     Under SecAgg+ the server sees only the masked sum, so this client-side check before masking is the
     only place a NaN can be caught: quantization maps NaN to -2^31 and the sum stays finite but wrong.
+
+    >>> out, n = _check_client_update([np.array([3.0, 4.0])], 10**9, max_weight=2, clipping_range=8.0, max_update_norm=1.0)
+    >>> np.round(out[0], 6).tolist(), n
+    ([0.6, 0.8], 2)
     """
     for k, a in enumerate(update):
         if not np.isfinite(np.asarray(a, dtype=np.float64)).all():
             raise FederationError(f"update array {k} has non-finite values; SecAgg+ would quantize them into a wrong finite sum",
                                   hint="fix the local training (learning rate, loss) or drop this round's update")
+    if max_update_norm is not None:
+        norm = float(np.sqrt(sum(float(np.dot(np.ravel(a), np.ravel(a))) for a in update)))
+        if norm > max_update_norm:
+            _log.info("update norm %.4g clipped to max_update_norm %g before upload", norm, max_update_norm)
+            update = [np.asarray(a) * (max_update_norm / norm) for a in update]
     if num_examples > max_weight:
-        raise FederationError(
-            f"num_examples {num_examples} exceeds SecAgg+ max_weight {max_weight} (the sum could overflow)",
-            hint="pass max_weight >= the largest num_examples any client reports",
-        )
+        _log.warning("num_examples %s clipped to max_weight %g before upload", num_examples, max_weight)
+        num_examples = int(max_weight)
+    if not secure:
+        return update, num_examples
     peak = max((float(np.abs(a).max()) for a in update if a.size), default=0.0) * num_examples / max_weight
     if peak > clipping_range:
         raise FederationError(
@@ -464,6 +762,7 @@ def _check_client_update(update: list[np.ndarray], num_examples: int, *, max_wei
             "(it would be clipped silently)",
             hint="raise clipping_range, send deltas, or clip the update (DP clipping) before upload",
         )
+    return update, num_examples
 
 
 class _ReplyTap:
@@ -494,6 +793,7 @@ def run_secagg_simulation(
     num_cpus: int = 1,
     client_num_cpus: float = 1.0,
     verbose: bool = False,
+    allow_skipped: bool = False,
 ) -> list[RoundResult]:
     """Run apps from :func:`make_secagg_apps` on Flower's Ray simulation backend.
 
@@ -508,6 +808,8 @@ def run_secagg_simulation(
         num_supernodes: simulated phones, partition ids ``0..num_supernodes-1``.
         num_rounds: rounds expected (to detect halted rounds); default: the apps'.
         num_cpus: CPUs Ray may use in all; client_num_cpus: per ClientApp.
+        allow_skipped: return skipped rounds (``RoundResult.skipped``, ``reason``; the model
+            unchanged) instead of raising :class:`FederationError` for them.
     """
     from flwr.simulation import run_simulation
 
@@ -549,5 +851,14 @@ def run_secagg_simulation(
             f"rounds {missing} produced no aggregate (SecAgg+ halted: too few live neighbours, "
             "or every client failed)",
             hint="lower drop_fraction or reconstruction_threshold, raise num_shares, or read the client errors above",
+        )
+    skipped = [r for r in results if r.skipped]
+    if skipped and not allow_skipped:
+        reasons = "; ".join(f"round {r.server_round}: {r.reason}" for r in skipped)
+        raise FederationError(
+            f"rounds {[r.server_round for r in skipped]} produced no aggregate, the global model was left "
+            f"unchanged ({reasons})",
+            hint="lower drop_fraction or reconstruction_threshold, raise num_shares, or read the client errors above; "
+            "pass allow_skipped=True to get the skipped rounds back",
         )
     return results

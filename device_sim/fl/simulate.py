@@ -214,7 +214,7 @@ def run_secagg(spec: FLSpec, *, clients: int = 10, secure: bool = True, drop_fra
     init = [env.init[k] for k in keys]
     server_app, client_app = make_secagg_apps(secagg_fit_fn(spec, users), num_rounds=spec.rounds, initial_arrays=init,
                                               min_clients=len(users), secure=secure, drop_fraction=drop_fraction,
-                                              drop_seed=spec.seed)
+                                              drop_seed=spec.seed, max_update_norm=spec.max_update_norm)
     t0 = time.time()
     results = run_secagg_simulation(server_app, client_app, num_supernodes=len(users), num_cpus=1)
     cohort = eval_cohort(spec, env)
