@@ -26,6 +26,19 @@ def _eps(s: str):
     return v
 
 
+def _positive(name: str):
+    """argparse type: an integer >= 1 (``--phones 0`` used to hang the simulation instead of failing)."""
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes a whole number, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
+        return v
+    return parse
+
+
 def _spec(args):
     from dataclasses import replace
 
@@ -90,10 +103,10 @@ def add_parsers(sub) -> None:
     fsub = fl.add_subparsers(dest="fl_cmd", required=True)
     sp = fsub.add_parser("run", help="run federated rounds on Flower's simulation engine and write the report")
     sp.add_argument("--data", default="ml-1m", choices=["ml-1m", "ml-100k"])
-    sp.add_argument("--phones", "--devices", dest="devices", type=int, default=1000, help="fleet size (phones): the first N users (default 1000; 6040 = all of ML-1M)")
-    sp.add_argument("--rounds", type=int, default=10)
-    sp.add_argument("--clients", type=int, default=50, help="reports aggregated per round (over-selected by 1.3x)")
-    sp.add_argument("--min-clients", type=int, default=10, help="a round with fewer reports is skipped, not stalled")
+    sp.add_argument("--phones", "--devices", dest="devices", type=_positive("--phones"), default=1000, help="fleet size (phones): the first N users (default 1000; 6040 = all of ML-1M)")
+    sp.add_argument("--rounds", type=_positive("--rounds"), default=10)
+    sp.add_argument("--clients", type=_positive("--clients"), default=50, help="reports aggregated per round (over-selected by 1.3x)")
+    sp.add_argument("--min-clients", type=_positive("--min-clients"), default=10, help="a round with fewer reports is skipped, not stalled")
     sp.add_argument("--epsilon", type=_eps, default=1.0, help="record-level DP budget per device; 'none' = no DP")
     sp.add_argument("--max-participations", type=int, default=1, help="participations the DP noise is planned for")
     sp.add_argument("--central-noise", type=float, default=None, help="also add Flower's server-side central DP (noise multiplier)")
@@ -123,7 +136,7 @@ def add_parsers(sub) -> None:
     fsub = fleet.add_subparsers(dest="fleet_cmd", required=True)
     sp = fsub.add_parser("simulate", help="a day of a fleet under cloud-only / hybrid / on-device serving")
     sp.add_argument("--data", default="ml-1m", choices=["ml-1m", "ml-100k"])
-    sp.add_argument("--phones", "--devices", dest="devices", type=int, default=1000, help="simulated phones (clients)")
+    sp.add_argument("--phones", "--devices", dest="devices", type=_positive("--phones"), default=1000, help="simulated phones (clients)")
     sp.add_argument("--hours", type=float, default=24.0)
     sp.add_argument("--fl-run", default=None, help="run.json of `edge-gr fl run` (adds its measured FL bytes/energy/NDCG)")
     sp.add_argument("--seed", type=int, default=0)

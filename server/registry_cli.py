@@ -48,7 +48,15 @@ def cmd_list(args) -> None:
 
 
 def cmd_publish(args) -> None:
-    metrics = json.loads(args.metrics) if args.metrics else {}
+    from edge_gr.errors import InputError
+
+    try:
+        metrics = json.loads(args.metrics) if args.metrics else {}
+    except json.JSONDecodeError as e:
+        raise InputError(f"--metrics is not JSON ({e.msg} at character {e.pos})",
+                         hint="give a JSON object, e.g. --metrics '{\"ndcg@10\": 0.13}'") from None
+    if not isinstance(metrics, dict):
+        raise InputError(f"--metrics must be a JSON object, got {type(metrics).__name__}", hint="e.g. --metrics '{\"ndcg@10\": 0.13}'")
     m = _reg(args, create=True).publish_checkpoint(args.checkpoint, full=args.full, parent=args.parent, metrics=metrics,
                                                    note=args.note or "", activate=args.activate)
     print(f"published {m.version} ({m.kind}{', parent ' + m.parent if m.parent else ''}): {m.size / 1e3:.1f} KB, "

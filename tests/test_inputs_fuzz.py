@@ -668,3 +668,21 @@ def test_source_checks_its_queries(models):
         with pytest.raises(InputError):
             models[task]["gm"].source(bad)
     assert tuple(models["rec"]["gm"].source([["i1", "i2"]]).shape) == (1, models["rec"]["gm"].model.cfg.max_len)
+
+
+def test_cli_findings_of_the_review_are_one_line_errors(tmp_path, capsys):
+    """`registry publish --metrics '{bad'` (was a raw JSONDecodeError), `fl run --phones 0` (hung > 120 s),
+    `--registry /etc/passwd`: each exits 2 at once with one line."""
+    from server.cli import main
+
+    for argv in (["registry", "publish", "--registry", str(tmp_path / "R"), "--checkpoint", str(tmp_path), "--metrics", "{bad"],
+                 ["registry", "publish", "--registry", str(tmp_path / "R"), "--checkpoint", str(tmp_path), "--metrics", "[1]"],
+                 ["registry", "list", "--registry", "/etc/passwd"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("edge-gr: error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "R").exists()
+    for argv in (["fl", "run", "--phones", "0"], ["fl", "run", "--rounds", "-1"], ["fleet", "simulate", "--phones", "0"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and "at least 1" in capsys.readouterr().err
