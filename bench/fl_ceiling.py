@@ -6,8 +6,8 @@ the cloud saw and the same architecture, IDs and budget centrally on every user'
 scores both on the same device users' held-out test items: the paired NDCG@10 gain with a 95% bootstrap interval.
 Writes ``bench/results/fl_ceiling.json`` + ``.png`` and the ``ceiling`` key of ``bench/results/fl.json``.
 
-    python bench/fl_ceiling.py --data ml-1m --device cuda                  # ~4 GPU-minutes per model
-    python bench/fl_ceiling.py --data ml-100k --scenarios users --max-minutes 3   # CPU, small
+    python bench/fl_ceiling.py --data ml-1m --device cuda --parallel       # <= 4 GPU-minutes per model (FLData's budget)
+    python bench/fl_ceiling.py --data ml-100k --scenarios users            # CPU, small
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import platform
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,15 +41,11 @@ def _machine() -> dict:
 def _one(scenario: str, args) -> dict:
     from device_sim.fl.ceiling import measure_ceiling
     from device_sim.fl.setup import FLData
-    from server.model import GRConfig
-    from server.train import TrainConfig
 
-    # the recommender of the issue "Win on quality" (bench/core.py's ML-1M teacher): 128 wide, 2+2 layers, 200 items
-    d = FLData(dataset=args.data, scenario=scenario, cloud_users=args.cloud_users,
-               model=GRConfig(d_model=128, n_heads=4, n_enc_layers=2, n_dec_layers=2, max_len=args.max_len, dropout=0.2),
-               train=TrainConfig(epochs=60, batch_size=128, lr=2e-3, eval_queries=1000, patience=10, max_minutes=args.max_minutes,
-                                 device=args.device, amp=args.device == "cuda", steps_per_epoch=200, threads=args.threads,
-                                 progress=True))
+    # FLData's defaults: the recommender `edge-gr fl run` adapts (the ML-1M recipe of the issue "Win on quality"); where
+    # it trains (device, threads) is not part of its cache key, so a GPU-trained base serves the CPU's federated runs
+    base = FLData(dataset=args.data, scenario=scenario, cloud_users=args.cloud_users)
+    d = replace(base, train=replace(base.train, device=args.device, threads=args.threads, progress=True))
     return measure_ceiling(d, eval_users=args.eval_users, cache=args.cache, progress=True)
 
 
@@ -58,8 +55,6 @@ def main(argv=None) -> int:
     ap.add_argument("--scenarios", default="users,history")
     ap.add_argument("--cloud-users", type=float, default=0.25, help="users scenario: share of opted-in users")
     ap.add_argument("--eval-users", type=int, default=1000)
-    ap.add_argument("--max-len", type=int, default=200)
-    ap.add_argument("--max-minutes", type=float, default=4.0, help="training budget per model")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "edge_gr" / "fl"))

@@ -47,7 +47,7 @@ def _spec(args):
     from .fl.local import DPConfig, LocalConfig
     from .fl.setup import FLData
 
-    data = FLData(dataset=args.data)
+    data = FLData(dataset=args.data, scenario=args.scenario, cloud_users=args.cloud_users)
     local = LocalConfig(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr,
                         dp=DPConfig(target_epsilon=args.epsilon, max_participations=args.max_participations))
     cdp = {"noise_multiplier": args.central_noise, "clipping_norm": args.central_clip} if args.central_noise else None
@@ -102,7 +102,11 @@ def add_parsers(sub) -> None:
     fl = sub.add_parser("fl", help="federated personalization over simulated phones (Flower + Opacus)")
     fsub = fl.add_subparsers(dest="fl_cmd", required=True)
     sp = fsub.add_parser("run", help="run federated rounds on Flower's simulation engine and write the report")
-    sp.add_argument("--data", default="ml-1m", choices=["ml-1m", "ml-100k"])
+    sp.add_argument("--data", default="ml-1m", help="ml-1m, ml-100k or a folder with items.jsonl + interactions.jsonl")
+    sp.add_argument("--scenario", choices=["history", "users"], default="history",
+                    help="who the cloud saw: the first half of every history (history) or the whole histories of "
+                         "--cloud-users opted-in users, every other user a device (users)")
+    sp.add_argument("--cloud-users", type=float, default=0.25, help="users scenario: share of opted-in users")
     sp.add_argument("--phones", "--devices", dest="devices", type=_positive("--phones"), default=1000, help="fleet size (phones): the first N users (default 1000; 6040 = all of ML-1M)")
     sp.add_argument("--rounds", type=_positive("--rounds"), default=10)
     sp.add_argument("--clients", type=_positive("--clients"), default=50, help="reports aggregated per round (over-selected by 1.3x)")
@@ -135,7 +139,11 @@ def add_parsers(sub) -> None:
     fleet = sub.add_parser("fleet", help="simulate a fleet of phones (battery, network, serving modes)")
     fsub = fleet.add_subparsers(dest="fleet_cmd", required=True)
     sp = fsub.add_parser("simulate", help="a day of a fleet under cloud-only / hybrid / on-device serving")
-    sp.add_argument("--data", default="ml-1m", choices=["ml-1m", "ml-100k"])
+    sp.add_argument("--data", default="ml-1m", help="ml-1m, ml-100k or a folder with items.jsonl + interactions.jsonl")
+    sp.add_argument("--scenario", choices=["history", "users"], default="history",
+                    help="who the cloud saw: the first half of every history (history) or the whole histories of "
+                         "--cloud-users opted-in users, every other user a device (users)")
+    sp.add_argument("--cloud-users", type=float, default=0.25, help="users scenario: share of opted-in users")
     sp.add_argument("--phones", "--devices", dest="devices", type=_positive("--phones"), default=1000, help="simulated phones (clients)")
     sp.add_argument("--hours", type=float, default=24.0)
     sp.add_argument("--fl-run", default=None, help="run.json of `edge-gr fl run` (adds its measured FL bytes/energy/NDCG)")
