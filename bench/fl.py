@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=2e-2)
     ap.add_argument("--local-steps", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--data", default="ml-1m", help="ml-1m or a folder with the same data as JSONL (the GPU-trained base's key)")
+    ap.add_argument("--scenario", choices=["history", "users"], default="history",
+                    help="users: the cloud saw 25%% of the users whole (runs are stored as users-<tag>)")
     args = ap.parse_args(argv)
 
     from device_sim.fl.flower import FLSpec
@@ -50,12 +53,18 @@ def main(argv=None) -> int:
     res_path = out / "fl.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {"runs": {}}
 
+    from device_sim.fl.setup import FLData
+
+    prefix = "" if args.scenario == "history" else f"{args.scenario}-"
+
     def spec(eps, devices, tag):
-        return FLSpec(num_devices=devices, rounds=args.rounds, clients_per_round=args.clients,
+        return FLSpec(data=FLData(dataset=args.data, scenario=args.scenario), num_devices=devices, rounds=args.rounds,
+                      clients_per_round=args.clients,
                       local=LocalConfig(steps=args.local_steps, lr=args.lr, dp=DPConfig(target_epsilon=eps)),
                       result_path=str(runs_dir / f"{tag}.json"))
 
     def run(tag, eps, devices, baselines):
+        tag = prefix + tag
         t0 = time.time()
         r = run_federated(spec(eps, devices, tag), baselines=baselines)
         r.pop("final_arrays", None)

@@ -223,3 +223,26 @@ def test_federation_starts_from_a_trainable_adapter(fl_run):
     local_train(env.gm.model, src, tgt, LocalConfig(steps=10, batch_size=8, lr=2e-2, dp=DPConfig(target_epsilon=None)))
     assert records_loss(env.gm.model, src, tgt) < l0
     set_adapter(env.gm.model, env.init)
+
+
+def test_users_scenario_and_its_ceiling(tmp_path):
+    """The 'users' split: the cloud trains on the opted-in users only, devices are everyone else (learning from every
+    transition); the ceiling compares that base with a central model of every user on the same device users."""
+    from device_sim.fl.ceiling import measure_ceiling
+    from device_sim.fl.setup import FLData, prepare
+    from server.train import TrainConfig
+
+    d = FLData(dataset="ml-100k", max_users=40, levels=(8, 8), collab_dim=8, scenario="users", cloud_users=0.3,
+               model=GRConfig(d_model=16, n_heads=2, n_enc_layers=1, n_dec_layers=1, max_len=10, dropout=0.0),
+               train=TrainConfig(epochs=1, batch_size=64, eval_queries=5, progress=False, threads=1))
+    setup = prepare(d, tmp_path, progress=False)
+    cloud = setup.split.cloud_users
+    assert len(cloud) == 12 and set(setup.users) == set(setup.split.train) - cloud
+    u = setup.users[0]
+    assert setup.split.cloud_history(u) == [] and setup.split.device_start(u) == 1
+    assert len(setup.records(u)[0]) == len(setup.split.train[u]) - 1        # every transition of a device user
+    assert FLData(scenario="history").key() == FLData().key() != FLData(scenario="users").key()
+    r = measure_ceiling(d, eval_users=10, cache=tmp_path, progress=False)
+    assert r["scenario"] == "users" and r["eval_users"] == 10 and r["cloud_users"] == 12
+    assert r["gain"]["ci_low"] <= r["gain"]["gain"] <= r["gain"]["ci_high"]
+    assert (tmp_path / d.key() / "central" / "edge_gr_model.json").is_file()
