@@ -147,6 +147,13 @@ def main(argv=None) -> int:
             r["global_vs_base"] = paired(ev[last]["per_user"], ev["0"]["per_user"])
             for v in ev.values():
                 v.pop("per_user", None)
+    for r in results["runs"].values():  # the shape: each run's gain over the base, epsilon null without DP
+        gv = r.get("global_vs_base")
+        if gv:
+            dp = (r.get("spec", {}).get("local") or {}).get("dp") or {}
+            eps = r.get("central_dp", {}).get("client_level_epsilon", dp.get("target_epsilon"))
+            r["gain"] = {"epsilon": eps, "gain": gv["mean"], "ci_low": gv["ci95"][0], "ci_high": gv["ci95"][1],
+                         "unit": "client-level" if "central_dp" in r else ("record-level" if eps is not None else None)}
     for r in results["runs"].values():  # keep the JSON small: reply logs without the per-tensor shapes
         for rr in r["rounds"]:
             for e in rr["replies"]:

@@ -139,11 +139,7 @@ def add_parsers(sub) -> None:
     fleet = sub.add_parser("fleet", help="simulate a fleet of phones (battery, network, serving modes)")
     fsub = fleet.add_subparsers(dest="fleet_cmd", required=True)
     sp = fsub.add_parser("simulate", help="a day of a fleet under cloud-only / hybrid / on-device serving")
-    sp.add_argument("--data", default="ml-1m", help="ml-1m, ml-100k or a folder with items.jsonl + interactions.jsonl")
-    sp.add_argument("--scenario", choices=["history", "users"], default="history",
-                    help="who the cloud saw: the first half of every history (history) or the whole histories of "
-                         "--cloud-users opted-in users, every other user a device (users)")
-    sp.add_argument("--cloud-users", type=float, default=0.25, help="users scenario: share of opted-in users")
+    sp.add_argument("--data", default="ml-1m", choices=["ml-1m", "ml-100k"])
     sp.add_argument("--phones", "--devices", dest="devices", type=_positive("--phones"), default=1000, help="simulated phones (clients)")
     sp.add_argument("--hours", type=float, default=24.0)
     sp.add_argument("--fl-run", default=None, help="run.json of `edge-gr fl run` (adds its measured FL bytes/energy/NDCG)")

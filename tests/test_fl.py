@@ -246,3 +246,15 @@ def test_users_scenario_and_its_ceiling(tmp_path):
     assert r["scenario"] == "users" and r["eval_users"] == 10 and r["cloud_users"] == 12
     assert r["gain"]["ci_low"] <= r["gain"]["gain"] <= r["gain"]["ci_high"]
     assert (tmp_path / d.key() / "central" / "edge_gr_model.json").is_file()
+
+
+def test_cli_scenario_reaches_the_spec():
+    """`edge-gr fl run --scenario users --cloud-users 0.3 --data FOLDER` builds the spec the simulation runs."""
+    from device_sim.cli import _spec
+    from server.cli import build_parser
+
+    args = build_parser().parse_args(["fl", "run", "--scenario", "users", "--cloud-users", "0.3", "--data", "some/folder",
+                                      "--phones", "5", "--max-update-norm", "2"])
+    sp = _spec(args)
+    assert (sp.data.scenario, sp.data.cloud_users, sp.data.dataset, sp.num_devices, sp.max_update_norm) == ("users", 0.3, "some/folder", 5, 2.0)
+    assert _spec(build_parser().parse_args(["fl", "run"])).data.scenario == "history"
