@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", default="0.5,4,none", help="other epsilons to run (global-model curve)")
     ap.add_argument("--sweep-baselines", action="store_true")
     ap.add_argument("--all-users", action="store_true", help="also run all 6,040 users (no baselines)")
-    ap.add_argument("--only", choices=["main", "sweep", "all-users", "rebaseline", "centralized", "central-dp", "report"], default=None,
+    ap.add_argument("--only", choices=["main", "sweep", "all-users", "rebaseline", "centralized", "central-dp", "report", "gains"], default=None,
                     help="rebaseline: recompute main's baselines from its saved final adapter; report: only rewrite the report")
     ap.add_argument("--lr", type=float, default=2e-2)
     ap.add_argument("--local-steps", type=int, default=10)
@@ -147,13 +147,7 @@ def main(argv=None) -> int:
             r["global_vs_base"] = paired(ev[last]["per_user"], ev["0"]["per_user"])
             for v in ev.values():
                 v.pop("per_user", None)
-    for r in results["runs"].values():  # the issue's shape: each run's gain over the base, epsilon null without DP
-        gv = r.get("global_vs_base")
-        if gv:
-            dp = (r.get("spec", {}).get("local") or {}).get("dp") or {}
-            eps = r.get("central_dp", {}).get("client_level_epsilon", dp.get("target_epsilon"))
-            r["gain"] = {"epsilon": eps, "gain": gv["mean"], "ci_low": gv["ci95"][0], "ci_high": gv["ci95"][1],
-                         "unit": "client-level" if "central_dp" in r else ("record-level" if eps is not None else None)}
+    _gains(results)
     for r in results["runs"].values():  # keep the JSON small: reply logs without the per-tensor shapes
         for rr in r["rounds"]:
             for e in rr["replies"]:
@@ -161,6 +155,8 @@ def main(argv=None) -> int:
                     e["arrays"] = len(e["arrays"])
                 e.pop("records", None)
     res_path.write_text(json.dumps(results))
+    if args.only == "gains":
+        return 0
     order = ["main-eps1"] + [k for k in results["runs"] if k.startswith("sweep") or k.startswith("central")] + [k for k in results["runs"] if k.startswith("all")]
     runs = {results["runs"][k]["label"] + (" (6040 dev)" if k.startswith("all") else ""): results["runs"][k] for k in order if k in results["runs"]}
     md = write_report(runs, out / "fl_report")
@@ -170,6 +166,17 @@ def main(argv=None) -> int:
     shutil.copy(out / "fl_report" / "report.png", out / "fl.png")
     print(md)
     return 0
+
+
+def _gains(results: dict) -> None:
+    """The issue's shape: each run's gain over the base ``{epsilon, gain, ci_low, ci_high, unit}``, epsilon null without DP."""
+    for r in results["runs"].values():
+        gv = r.get("global_vs_base")
+        if gv:
+            dp = (r.get("spec", {}).get("local") or {}).get("dp") or {}
+            eps = r.get("central_dp", {}).get("client_level_epsilon", dp.get("target_epsilon"))
+            r["gain"] = {"epsilon": eps, "gain": gv["mean"], "ci_low": gv["ci95"][0], "ci_high": gv["ci95"][1],
+                         "unit": "client-level" if "central_dp" in r else ("record-level" if eps is not None else None)}
 
 
 if __name__ == "__main__":

@@ -93,7 +93,8 @@ class FLSpec:
 
         d = json.loads(s)
         data = d.pop("data")
-        data["model"] = GRConfig.from_dict(data["model"])
+        # fields of older GRConfigs (quantisation lived in the config before compression recipes) are dropped
+        data["model"] = GRConfig.from_dict({k: v for k, v in data["model"].items() if k not in ("quant", "grouped")})
         data["train"] = TrainConfig(**data["train"])
         data["levels"] = tuple(data["levels"])
         ad = d.pop("adapter")
