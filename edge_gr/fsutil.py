@@ -46,7 +46,8 @@ from typing import Callable, Iterator
 
 from .errors import EdgeGRError, InputError
 
-__all__ = ["OUTPUT_MARKER", "file_lock", "output_folder", "check_output", "owned_tempdir", "clean_stale_temps", "fsync_dir"]
+__all__ = ["OUTPUT_MARKER", "file_lock", "output_folder", "check_output", "owned_tempdir", "clean_stale_temps", "fsync_dir",
+           "git_work_tree"]
 
 OUTPUT_MARKER = ".edge-gr-output"    # in every output folder: {"format", "command", "files": [what the run wrote]}
 _MARKER_FORMAT = "edge-gr-output"
@@ -58,6 +59,15 @@ _live: set[str] = set()              # owned temp folders of this process (a lef
 _live_guard = threading.Lock()
 
 Legacy = Callable[[Path], "set[str] | None"]   # files a marker-less previous output evidently wrote (None: not one)
+
+
+def git_work_tree(path: str | os.PathLike) -> Path | None:
+    """The git work tree ``path`` lies in (None if none): where secrets (signing keys, data keys) must never be written."""
+    path = Path(path)
+    for p in [path, *path.parents]:
+        if (p / ".git").exists():
+            return p
+    return None
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Mapping, Protocol, runtime_checkable
 
 from .errors import InputError, MissingKeyError, SealedError
+from .fsutil import git_work_tree
 
 __all__ = ["KeyProvider", "DataKey", "FileKeyProvider", "EnvKeyProvider", "new_key", "load_key", "seal", "unseal", "seal_file",
            "unseal_entry", "data_key", "aad", "ALGORITHM", "KEY_BYTES", "NONCE_BYTES", "KEY_FORMAT", "KEY_ENV"]
@@ -192,20 +193,13 @@ def load_key(path: str | os.PathLike) -> DataKey:
     return _parse_line(text.strip(), f"data key file {p}")
 
 
-def _git_tree(path: Path) -> Path | None:
-    for p in [path, *path.parents]:
-        if (p / ".git").exists():
-            return p
-    return None
-
-
 def new_key(path: str | os.PathLike, key_id: str | None = None) -> DataKey:
     """Make a fresh 256-bit data key and write it to ``path`` (mode 0600, created exclusively: never overwrites).
 
     ``key_id`` defaults to ``dk-`` + 16 hex digits of a hash of the key (it names the key in manifests; not secret).
     Refuses a path inside a git work tree (a key must never be committed)."""
     p = Path(path)
-    repo = _git_tree(p.resolve().parent)
+    repo = git_work_tree(p.resolve().parent)
     if repo is not None:
         raise InputError(f"{p} is inside the git work tree {repo}: a data key must never be committed",
                          hint="write it outside any repository (e.g. ~/.config/edge-gr/data.key) or in a secret store")

@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 
 from edge_gr.errors import EdgeGRError
+from edge_gr.fsutil import git_work_tree
 from edge_gr.trust import RELEASE_TYPE, ROOT_TYPE, SPEC, Root, iso, keyid, parse_root, public_raw, root_payload, sign_envelope
 
 __all__ = ["KeyFolderError", "init_keys", "rotate", "Signer", "show", "release_payload", "PASSPHRASE_ENV"]
@@ -43,13 +44,6 @@ class KeyFolderError(EdgeGRError):
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _in_git_tree(path: Path) -> Path | None:
-    for p in [path, *path.parents]:
-        if (p / ".git").exists():
-            return p
-    return None
 
 
 def _write_private(path: Path, key) -> None:
@@ -107,7 +101,7 @@ def init_keys(folder: str | os.PathLike, *, expires_days: int = 365, allow_in_re
     if (folder / "root.json").exists() or (folder.exists() and any(folder.iterdir())):
         raise KeyFolderError(f"{folder} already holds files; init would overwrite keys",
                         hint="pick a new folder, or `edge-gr keys rotate --dir` to replace a key")
-    repo = _in_git_tree(folder)
+    repo = git_work_tree(folder)
     if repo is not None and not allow_in_repo:
         raise KeyFolderError(f"{folder} is inside the git work tree {repo}: private keys must never be committed",
                         hint="keep keys outside any repository (e.g. ~/.edge-gr/keys or a hardware token's mount)")
