@@ -114,12 +114,13 @@ def init_keys(folder: str | os.PathLike, *, expires_days: int = 365, allow_in_re
     return _write_root(folder, sign_envelope(ROOT_TYPE, payload, [keys["root"]]))
 
 
-def _current(folder: Path) -> tuple[Root, dict]:
+def _current(folder: Path, roles: tuple[str, ...] = ROLES) -> tuple[Root, dict]:
+    """root.json and the private keys of ``roles`` (signing a release needs only the online targets key)."""
     try:
         root = parse_root(folder / "root.json")
     except EdgeGRError as e:
         raise KeyFolderError(f"{folder} has no valid root.json ({e.message})", hint="create it with `edge-gr keys init --dir DIR`") from None
-    keys = {role: _read_private(folder / f"{role}.key") for role in ROLES}
+    keys = {role: _read_private(folder / f"{role}.key") for role in roles}
     return root, keys
 
 
@@ -163,7 +164,7 @@ class Signer:
 
     def __init__(self, folder: str | os.PathLike, *, expires_days: float = 30.0):
         self.folder = Path(folder)
-        self.root, keys = _current(self.folder)
+        self.root, keys = _current(self.folder, ("targets",))  # the root key may stay offline
         self._targets = keys["targets"]
         self.expires_days = expires_days
         kid = keyid(public_raw(self._targets))

@@ -211,6 +211,9 @@ def test_key_folder_errors_are_ours(tmp_path):
         init_keys(tmp_path / "k")
     with pytest.raises(KeyFolderError, match="no role"):
         rotate(tmp_path / "k", "snapshot")
+    shutil.move(tmp_path / "k" / "root.key", tmp_path / "root.key.offline")  # the offline root key is not needed to sign
+    assert Signer(tmp_path / "k").sign_release(to="v1.0", frm=None, update={"sha256": "0" * 64, "size": 1},
+                                              manifest={"sha256": "0" * 64, "size": 1})["signatures"]
     (tmp_path / "k" / "targets.key").write_text("junk")
     with pytest.raises(KeyFolderError, match="cannot read"):
         Signer(tmp_path / "k")
