@@ -42,17 +42,18 @@ def _positive(name: str):
 def _spec(args):
     from dataclasses import replace
 
+    from .fl.adapters import federated_part
     from .fl.attacks import parse_attack
     from .fl.flower import FLSpec
     from .fl.local import DPConfig, LocalConfig
     from .fl.setup import FLData
 
     data = FLData(dataset=args.data, scenario=args.scenario, cloud_users=args.cloud_users)
-    local = LocalConfig(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr,
+    local = LocalConfig(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.local_optimizer,
                         dp=DPConfig(target_epsilon=args.epsilon, max_participations=args.max_participations))
     cdp = {"noise_multiplier": args.central_noise, "clipping_norm": args.central_clip} if args.central_noise else None
     out = Path(args.out)
-    return FLSpec(data=data, local=local, num_devices=args.devices, rounds=args.rounds, clients_per_round=args.clients,
+    return FLSpec(data=data, adapter=federated_part(args.federate), local=local, num_devices=args.devices, rounds=args.rounds, clients_per_round=args.clients,
                   min_clients=min(args.min_clients, args.clients), drop_prob=args.drop, central_dp=cdp,
                   aggregation=args.aggregation, trim_beta=args.trim_beta, byzantine=args.byzantine,
                   max_examples=args.max_examples, max_update_norm=args.max_update_norm,
@@ -80,6 +81,31 @@ def cmd_fl_run(args) -> None:
     md = write_report({f"epsilon={args.epsilon}": out}, Path(args.out))
     print(md)
     print(f"wrote {args.out}/run.json, report.md, report.png")
+
+
+def cmd_fl_privacy(args) -> None:
+    from .fl.emulate import client_epsilon, extrapolate, plan_client_noise
+
+    q = args.clients / args.fleet
+    if not 0 < q <= 1:
+        raise SystemExit(f"error: --clients ({args.clients}) must be between 1 and --fleet ({args.fleet})")
+    delta = args.delta if args.delta else min(1e-5, 1.0 / args.fleet)
+    z = args.noise if args.noise is not None else plan_client_noise(args.epsilon, q, args.rounds, delta)
+    eps = client_epsilon(z, q, args.rounds, delta)
+    std = z * args.clip / args.clients
+    rows = extrapolate(std, args.clip, args.rounds, q, tuple(args.extrapolate))
+    res = {"clients_per_round": args.clients, "fleet": args.fleet, "rounds": args.rounds, "sample_rate": q, "delta": delta,
+           "noise_multiplier": z, "clipping_norm": args.clip, "noise_std_of_mean": std, "epsilon": eps, "extrapolation": rows}
+    print(f"client-level DP, {args.rounds} rounds of {args.clients} of {args.fleet} devices (q={q:.4g}), C={args.clip}: "
+          f"z={z:.4g} -> epsilon {eps:.3g} at delta {delta:.2g}; noise std on the mean update {std:.3g}")
+    for r in rows:
+        print(f"  same noise on the mean with {r['clients_per_round']:>9,} clients/round (fleet {r['fleet']:,}): "
+              f"z={r['noise_multiplier']:.4g} -> epsilon {r['epsilon']:.3g} (delta {r['delta']:.1g}); at epsilon 1 the noise "
+              f"std on the mean would be {r['noise_std_of_mean_at_epsilon_1']:.3g}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=1))
+        print(f"wrote {args.out}")
 
 
 def cmd_fleet_simulate(args) -> None:
@@ -123,6 +149,12 @@ def add_parsers(sub) -> None:
     sp.add_argument("--max-examples", type=int, default=10_000, help="a reply's num-examples (its weight) is clipped to this")
     sp.add_argument("--max-update-norm", type=float, default=None, help="reject a reply that moves the adapter by more (L2)")
     sp.add_argument("--attack", default=None, metavar="KIND:N", help="robustness evaluation: the first N phones send nan / scale / examples attacks")
+    from .fl.adapters import FEDERATED_PARTS
+
+    sp.add_argument("--federate", choices=sorted(FEDERATED_PARTS), default="lora-qo",
+                    help="what devices train and upload (sizes in docs/federated.md): LoRA on q/o, LoRA on every Linear, "
+                         "the output head + LayerNorms, the code embeddings, everything but item embeddings, the whole model")
+    sp.add_argument("--local-optimizer", choices=["adam", "sgd"], default="adam")
     sp.add_argument("--local-steps", type=int, default=10)
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--lr", type=float, default=2e-2)
@@ -135,6 +167,19 @@ def add_parsers(sub) -> None:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default=".cache/edge_gr/fl/run")
     sp.set_defaults(fn=cmd_fl_run)
+
+    pp = fsub.add_parser("privacy", help="client-level DP accountant (Opacus RDP): epsilon of a federation and the fleet "
+                                         "size at which the same noise on the mean update costs less")
+    pp.add_argument("--clients", type=_positive("--clients"), default=50, help="clients aggregated per round")
+    pp.add_argument("--fleet", type=_positive("--fleet"), default=4530, help="devices sampled from")
+    pp.add_argument("--rounds", type=_positive("--rounds"), default=40)
+    pp.add_argument("--epsilon", type=float, default=1.0, help="target epsilon (plans the noise) ...")
+    pp.add_argument("--noise", type=float, default=None, help="... or the noise multiplier z itself")
+    pp.add_argument("--clip", type=float, default=1.0, help="update norm bound C")
+    pp.add_argument("--delta", type=float, default=None, help="default min(1e-5, 1 / fleet)")
+    pp.add_argument("--extrapolate", type=int, nargs="*", default=[10_000, 100_000, 1_000_000], help="clients per round")
+    pp.add_argument("--out", default=None, help="write the table as JSON")
+    pp.set_defaults(fn=cmd_fl_privacy)
 
     fleet = sub.add_parser("fleet", help="simulate a fleet of phones (battery, network, serving modes)")
     fsub = fleet.add_subparsers(dest="fleet_cmd", required=True)

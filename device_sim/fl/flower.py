@@ -99,6 +99,7 @@ class FLSpec:
         data["levels"] = tuple(data["levels"])
         ad = d.pop("adapter")
         ad["targets"] = tuple(ad["targets"])
+        ad["train"] = tuple(ad.get("train", ()))
         lc = d.pop("local")
         lc["dp"] = DPConfig(**lc["dp"])
         return cls(data=FLData(**data), adapter=AdapterConfig(**ad), local=LocalConfig(**lc), **d)

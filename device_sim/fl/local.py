@@ -56,6 +56,7 @@ class LocalConfig:
     lr: float = 2e-2
     max_records: int = 128        # most recent records used (bounds CPU time and memory)
     dp: DPConfig = field(default_factory=DPConfig)
+    optimizer: str = "adam"       # "adam" | "sgd" (plain SGD: the update is a sum of gradients, what FedAvg's theory averages)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,7 +130,8 @@ def records_loss(model: nn.Module, src: np.ndarray, tgt: np.ndarray, batch_size:
     tot, n = 0.0, 0
     with torch.no_grad():
         for s in range(0, len(src), batch_size):
-            b = torch.from_numpy(src[s:s + batch_size]), torch.from_numpy(tgt[s:s + batch_size])
+            dev = next(model.parameters()).device
+            b = torch.from_numpy(src[s:s + batch_size]).to(dev), torch.from_numpy(tgt[s:s + batch_size]).to(dev)
             tot += float(model.retrieval_loss(*b)) * len(b[0])
             n += len(b[0])
     model.train(was)
@@ -158,11 +160,14 @@ def local_train(model: nn.Module, src: np.ndarray, tgt: np.ndarray, cfg: LocalCo
             raise PrivacyBudgetExceeded(f"epsilon would reach {eps_next:.3f} > budget {cfg.dp.target_epsilon}",
                                         hint="the device sits out; raise target_epsilon or max_participations")
     t0 = time.process_time()
+    dev = params[0].device  # records go where the model is (a GPU for bench/fl_screen.py)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.train()
     wrapped = _RecordLoss(model)
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise InputError(f"unknown local optimizer {cfg.optimizer!r}", hint="use 'adam' or 'sgd'")
+    opt = torch.optim.Adam(params, lr=cfg.lr) if cfg.optimizer == "adam" else torch.optim.SGD(params, lr=cfg.lr)
     ds = torch.utils.data.TensorDataset(torch.from_numpy(src), torch.from_numpy(tgt))
     loader = torch.utils.data.DataLoader(ds, batch_size=min(cfg.batch_size, n), shuffle=True, generator=g)
     hooks = None
@@ -186,7 +191,7 @@ def local_train(model: nn.Module, src: np.ndarray, tgt: np.ndarray, cfg: LocalCo
                     for p in params:
                         p.grad_sample = torch.zeros((0, *p.shape))
                 else:
-                    l = wrapped(s, t)
+                    l = wrapped(s.to(dev), t.to(dev))
                     l.backward()
                     loss = float(l.detach())
                 opt.step()

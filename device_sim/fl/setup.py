@@ -110,16 +110,23 @@ def prepare(d: FLData, cache: str | Path | None = ".cache/edge_gr/fl", progress:
 
 
 def ndcg_eval(setup: FLSetup, gm, users: Sequence[str], arrays: Mapping[str, np.ndarray] | None = None,
-              beam: int = 20, per_user: bool = False) -> dict:
-    """Held-out next-item NDCG@10 / Recall@10 of ``gm`` (optionally loaded with ``arrays``)."""
+              beam: int = 20, per_user: bool = False, target: str = "test") -> dict:
+    """Held-out next-item NDCG@10 / Recall@10 of ``gm`` (optionally loaded with ``arrays``).
+
+    ``target="valid"`` scores each user's validation item from the training history (the one to choose
+    settings on); ``"test"`` the test item from training history + validation item (reported only).
+    """
     from server.metrics import rank_metrics
 
+    if target not in ("test", "valid"):
+        raise ValueError(f"target must be 'test' or 'valid', got {target!r}")
     if arrays is not None:
         set_adapter(gm.model, arrays)
-    hist = [setup.split.test_history(u) for u in users]
+    split = setup.split
+    hist = [split.test_history(u) if target == "test" else split.train[u] for u in users]
     ranked = gm.rank(hist, 10, beam=beam)
     ids = [[i for i, _ in r] for r in ranked]
-    rel = [{setup.split.test[u]} for u in users]
+    rel = [{(split.test if target == "test" else split.valid)[u]} for u in users]
     out = rank_metrics(ids, rel)
     if per_user:
         out["per_user"] = [rank_metrics([a], [b])["ndcg@10"] for a, b in zip(ids, rel)]

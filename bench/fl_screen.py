@@ -1,0 +1,254 @@
+"""Issue "Federated learning that measurably helps", steps 2-4: what to federate, the epsilon curve, the personal step.
+
+Runs :func:`device_sim.fl.emulate.emulate` (the ClientApp's device step + Flower's FedAvg / server-side DP math in one
+process; a GPU makes a 50-client round take seconds) in the ``users`` scenario, every candidate in its own process:
+
+    screen    candidates ``part@lr`` (part = a key of device_sim.fl.adapters.FEDERATED_PARTS), no DP; chosen on the
+              device users' *validation* items -> fl_screen.json (+ png)
+    dp        the chosen recipe at client-level epsilon in {0.5, 1, 2, 4, 8, inf}: validation + *test* gain over the
+              base (paired bootstrap), the per-round curve, the accountant's extrapolation to 10k / 100k / 1M clients
+              per round -> fl_dp.json (+ png)
+    personal  personal steps x lr (x all federated parameters / the output head only) from the no-DP global model, chosen
+              on validation, reported on test -> fl_personal.json
+
+    python bench/fl_screen.py screen --data .cache/gpu_build/ml-1m --device cuda --parallel
+    python bench/fl_screen.py dp --data .cache/gpu_build/ml-1m --device cuda --parallel --recipe full@3e-4
+    python bench/fl_screen.py personal --data .cache/gpu_build/ml-1m --device cuda --recipe full@3e-4
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.fl_ceiling import _machine  # noqa: E402
+
+DEFAULT_CANDIDATES = "lora-qo@2e-2,lora-qo@5e-3,lora-all@5e-3,head-norms@1e-3,codes@1e-3,body@3e-4,full@3e-4,full@1e-3"
+EPSILONS = "0.5,1,2,4,8,inf"
+
+
+def _setup(args):
+    from device_sim.fl.ceiling import device_cohort
+    from device_sim.fl.setup import FLData, prepare
+
+    base = FLData(dataset=args.data, scenario="users", cloud_users=args.cloud_users)
+    if args.tiny:  # a smoke-test model (tests, CPU)
+        from server.model import GRConfig
+
+        base = replace(base, levels=(8, 8), collab_dim=16,
+                       model=GRConfig(d_model=32, n_heads=2, n_enc_layers=1, n_dec_layers=1, max_len=20),
+                       train=replace(base.train, epochs=1, steps_per_epoch=20, eval_queries=50, max_minutes=1.0))
+    d = replace(base, train=replace(base.train, device=args.device, progress=False))
+    setup = prepare(d, args.cache, progress=False)
+    setup.gm.model.to(args.device)
+    return setup, device_cohort(setup, args.eval_users, seed=0)
+
+
+def _recipe(spec: str, steps: int):
+    """``part@lr[:opt=sgd][:server=adam][:slr=1e-3][:m=20][:steps=10]`` -> (part, AdapterConfig, LocalConfig, EmuConfig fields)."""
+    from device_sim.fl.adapters import federated_part
+    from device_sim.fl.local import LocalConfig
+
+    head, *opts = spec.split(":")
+    part, lr = head.split("@")
+    o = dict(x.split("=") for x in opts)
+    local = LocalConfig(steps=int(o.get("steps", steps)), batch_size=32, lr=float(lr), max_records=128, optimizer=o.get("opt", "adam"))
+    emu = {"server_opt": o.get("server", "avg"), "server_lr": float(o.get("slr", 1.0))}
+    if "m" in o:
+        emu["clients_per_round"] = int(o["m"])
+    return part, federated_part(part), local, emu
+
+
+def _paired(res: dict, target: str) -> dict:
+    from device_sim.fl.setup import paired
+
+    pu = res["per_user"][target]
+    d = paired(pu["final"], pu["base"])
+    return {"gain": d["mean"], "ci_low": d["ci95"][0], "ci_high": d["ci95"][1]}
+
+
+def _run(job: tuple) -> dict:
+    try:
+        return _run_one(job)
+    except Exception as e:  # one broken candidate must not lose the others' results
+        import traceback
+
+        return {"recipe": job[1], "target_epsilon": job[2], "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
+
+
+def _run_one(job: tuple) -> dict:
+    import torch
+
+    from device_sim.fl.emulate import EmuConfig, emulate
+
+    kind, spec, eps, args = job
+    torch.manual_seed(0)
+    setup, users = _setup(args)
+    part, acfg, local, emu = _recipe(spec, args.local_steps)
+    cfg = EmuConfig(rounds=args.rounds, clients_per_round=args.clients, eval_every=args.eval_every, seed=args.seed,
+                    max_minutes=args.max_minutes, clipping_norm=args.clip)
+    cfg = replace(cfg, **emu)
+    targets = ("valid",) if kind == "screen" else ("valid", "test")
+    if eps is not None:
+        from device_sim.fl.emulate import plan_client_noise
+
+        n = len([u for u in setup.users if len(setup.records(u, max_records=128)[0]) >= cfg.min_records])
+        q = min(cfg.clients_per_round, n) / n
+        cfg = replace(cfg, noise_multiplier=plan_client_noise(eps, q, cfg.rounds, cfg.delta))
+    res = emulate(setup, acfg, local, cfg, users, device=args.device, targets=targets, progress=False)
+    res.update(recipe=spec, part=part, target_epsilon=eps, gain={t: {"epsilon": (res["epsilon"] if eps is not None else None),
+                                                                        **_paired(res, t)} for t in targets})
+    arrays = res.pop("final_arrays")
+    if eps is None and args.save_dir:  # the no-DP global weights (the personal step starts from them)
+        Path(args.save_dir).mkdir(parents=True, exist_ok=True)
+        np.savez(Path(args.save_dir) / f"final-{kind}-{spec}.npz", **arrays)
+    res.pop("per_user")
+    return res
+
+
+def _pool(jobs: list, parallel: bool) -> list:
+    if not parallel:
+        return [_run(j) for j in jobs]
+    import multiprocessing
+
+    with ProcessPoolExecutor(len(jobs), mp_context=multiprocessing.get_context("spawn")) as ex:  # no CUDA across fork
+        return list(ex.map(_run, jobs))
+
+
+def _write(out: Path, name: str, doc: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    p = out / name
+    p.write_text(json.dumps(doc, indent=1))
+    return p
+
+
+def screen(args) -> dict:
+    t0 = time.time()
+    got = _pool([("screen", c, None, args) for c in args.candidates.split(",") if c], args.parallel)
+    ok = [r for r in got if "error" not in r]
+    best = max(ok, key=lambda r: r["gain"]["valid"]["gain"])
+    doc = {"date": datetime.date.today().isoformat(), "machine": _machine(), "seconds": time.time() - t0,
+           "protocol": ("users scenario; emulated FedAvg (device_sim.fl.emulate: the ClientApp's local_train, FedAvg weighted by "
+                        "records, uniform sampling) without DP; chosen on the device users' validation items (context = "
+                        "training history), never on test"), "candidates": got, "chosen": best["recipe"]}
+    _write(Path(args.out), "fl_screen.json", doc)
+    for r in got:
+        if "error" in r:
+            print(f"{r['recipe']:>18}: FAILED {r['error']}")
+            continue
+        g = r["gain"]["valid"]
+        print(f"{r['recipe']:>18}: valid gain {g['gain']:+.4f} [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]  up {r['upload_bytes'] / 1e3:.0f} KB"
+              f"  {r['rounds_run']} rounds in {r['seconds']:.0f} s")
+    print("chosen on validation:", best["recipe"])
+    return doc
+
+
+def dp(args) -> dict:
+    from device_sim.fl.emulate import extrapolate
+
+    t0 = time.time()
+    eps = [None if e in ("inf", "none") else float(e) for e in args.epsilons.split(",") if e]
+    got = _pool([("dp", args.recipe, e, args) for e in eps], args.parallel)
+    runs = {("inf" if r["target_epsilon"] is None else str(r["target_epsilon"])): r for r in got}
+    for k, r in list(runs.items()):
+        if "error" in r:
+            print(f"eps {k}: FAILED {r['error']}")
+    nodp = runs.get("inf")
+    ext = {}
+    for k, r in runs.items():
+        if r["target_epsilon"] is not None and "error" not in r:
+            ext[k] = extrapolate(r["noise_std_of_mean"], r["config"]["clipping_norm"], r["rounds_run"], r["sample_rate"])
+    doc = {"date": datetime.date.today().isoformat(), "machine": _machine(), "seconds": time.time() - t0, "recipe": args.recipe,
+           "protocol": ("users scenario; emulated FedAvg with client-level DP = Flower's DifferentialPrivacyServerSideFixedClipping "
+                        "math (clip each update to C, unweighted mean, N(0, (zC/m)^2)); z planned by Opacus' RDP accountant for "
+                        "the target epsilon over the rounds at q = m / devices, delta 1e-5; gains over the base on the same device "
+                        "users (validation: choose; test: report), 95% paired bootstrap"),
+           "runs": runs, "extrapolation": ext, "no_dp_test_gain": nodp["gain"]["test"] if nodp and "error" not in nodp else None}
+    _write(Path(args.out), "fl_dp.json", doc)
+    for k, r in runs.items():
+        if "error" in r:
+            continue
+        g = r["gain"]["test"]
+        print(f"eps {k:>4}: z={r['config']['noise_multiplier']}, test gain {g['gain']:+.4f} [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]")
+    return doc
+
+
+def personal(args) -> dict:
+    import torch
+
+    from device_sim.fl.emulate import personal_eval
+    from device_sim.fl.setup import paired
+
+    t0 = time.time()
+    setup, users = _setup(args)
+    users = users[: args.personal_users]
+    part, acfg, local, _ = _recipe(args.recipe, args.local_steps)
+    local = replace(local, optimizer="adam")  # the personal step: a few Adam steps (lr from the grid)
+    start = dict(np.load(args.final))
+    torch.manual_seed(0)
+    grid = [(0, 0.0, None)] + [(s, lr, o) for s in (1, 3) for lr in (1e-4, 3e-4) for o in (None, ("head\\..*",))]
+    rows, per = [], {}
+    for steps, lr, only in grid:
+        pl = replace(local, steps=steps, lr=lr or local.lr)
+        v = personal_eval(setup, acfg, start, users, pl, only=only, device=args.device, target="valid")
+        per[(steps, lr, only)] = v
+        rows.append({"steps": steps, "lr": lr, "only": list(only) if only else "all federated", "valid_ndcg@10": float(np.mean(v))})
+        print(rows[-1])
+    best = max(range(len(grid)), key=lambda i: rows[i]["valid_ndcg@10"])
+    steps, lr, only = grid[best]
+    test_best = personal_eval(setup, acfg, start, users, replace(local, steps=steps, lr=lr or local.lr), only=only,
+                              device=args.device, target="test")
+    test_none = personal_eval(setup, acfg, start, users, replace(local, steps=0), device=args.device, target="test")
+    d = paired(test_best, test_none)
+    doc = {"date": datetime.date.today().isoformat(), "machine": _machine(), "seconds": time.time() - t0, "recipe": args.recipe,
+           "users": len(users), "grid": rows, "chosen": rows[best],
+           "test": {"global": float(np.mean(test_none)), "personalized": float(np.mean(test_best)),
+                    "gain": {"gain": d["mean"], "ci_low": d["ci95"][0], "ci_high": d["ci95"][1]}},
+           "protocol": "personal step on each device from the no-DP global model; chosen on validation items, reported on test"}
+    _write(Path(args.out), "fl_personal.json", doc)
+    print("chosen", rows[best], "test", doc["test"])
+    return doc
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["screen", "dp", "personal"])
+    ap.add_argument("--data", default="ml-1m")
+    ap.add_argument("--cloud-users", type=float, default=0.25)
+    ap.add_argument("--eval-users", type=int, default=1000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "edge_gr" / "fl"))
+    ap.add_argument("--candidates", default=DEFAULT_CANDIDATES)
+    ap.add_argument("--recipe", default="full@3e-4")
+    ap.add_argument("--epsilons", default=EPSILONS)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--local-steps", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--clip", type=float, default=1.0, help="client-level DP: the update norm bound C")
+    ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parallel", action="store_true", help="one process per candidate (a GPU host)")
+    ap.add_argument("--save-dir", default=None, help="where no-DP runs save their final weights (final-<stage>-<recipe>.npz)")
+    ap.add_argument("--final", default=None, help="personal: the no-DP global weights (.npz from dp --save-final)")
+    ap.add_argument("--personal-users", type=int, default=300)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--tiny", action="store_true", help="a tiny model and budget (smoke test)")
+    args = ap.parse_args(argv)
+    {"screen": screen, "dp": dp, "personal": personal}[args.stage](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
