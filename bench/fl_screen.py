@@ -195,9 +195,19 @@ def personal(args) -> dict:
     users = users[: args.personal_users]
     part, acfg, local, _ = _recipe(args.recipe, args.local_steps)
     local = replace(local, optimizer="adam")  # the personal step: a few Adam steps (lr from the grid)
-    start = dict(np.load(args.final))
+    if args.final == "base":  # personalise the base itself (when no federated global model beats it)
+        from device_sim.fl.adapters import get_adapter
+
+        start = get_adapter(setup.adapted_model(acfg).model)
+    else:
+        start = dict(np.load(args.final))
     torch.manual_seed(0)
-    grid = [(0, 0.0, None)] + [(s, lr, o) for s in (1, 3) for lr in (1e-4, 3e-4) for o in (None, ("head\\..*",))]
+    torch.set_num_threads(args.threads)
+    grid = [(0, 0.0, None)]
+    for g in args.grid.split(";"):  # steps@lr[:head]
+        st, rest = g.split("@")
+        lr, _, only = rest.partition(":")
+        grid.append((int(st), float(lr), ("head\\..*",) if only == "head" else None))
     rows, per = [], {}
     for steps, lr, only in grid:
         pl = replace(local, steps=steps, lr=lr or local.lr)
@@ -243,6 +253,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save-dir", default=None, help="where no-DP runs save their final weights (final-<stage>-<recipe>.npz)")
     ap.add_argument("--final", default=None, help="personal: the no-DP global weights (.npz from dp --save-final)")
     ap.add_argument("--personal-users", type=int, default=300)
+    ap.add_argument("--grid", default="1@1e-4;1@3e-4;3@1e-4;1@1e-3:head;3@1e-3:head",
+                    help="personal: steps@lr[:head] candidates (':head' = only the output head), besides no step")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--tiny", action="store_true", help="a tiny model and budget (smoke test)")
     args = ap.parse_args(argv)
@@ -252,3 +265,29 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def plot(path_json: Path, path_png: Path) -> None:
+    """Validation NDCG@10 per round of every screened candidate (one panel per screen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = json.loads(Path(path_json).read_text())
+    screens = doc.get("screens") or [{"name": "screen", "candidates": doc["candidates"]}]
+    fig, axes = plt.subplots(1, len(screens), figsize=(6 * len(screens), 3.8), squeeze=False)
+    for ax, sc in zip(axes[0], screens):
+        for r in sc["candidates"]:
+            if "error" in r:
+                continue
+            xs = sorted(r["curve"], key=int)
+            ax.plot([int(x) for x in xs], [r["curve"][x]["valid"]["ndcg@10"] for x in xs], marker="o", ms=3,
+                    label=f"{r['recipe']} ({r['upload_bytes'] / 1e3:,.0f} KB up)")
+        ax.set_xlabel("round")
+        ax.set_ylabel("NDCG@10, device users' validation items")
+        ax.set_title(sc["name"], fontsize=9)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"What to federate, emulated FedAvg, users scenario ({doc['date']}, one H200)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=120)
