@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         doc["ceiling"] = {"date": res["date"], "machine": res["machine"], "protocol": res["protocol"],
                           **{s: {k: r[k] for k in ("base", "centralized", "gain", "significant", "eval_users", "cloud_users",
                                                    "device_users")} for s, r in got.items()}}
-        fl.write_text(json.dumps(doc, indent=1))
+        fl.write_text(json.dumps(doc))  # compact, as bench/fl.py writes it
     _plot(res, out / "fl_ceiling.png")
     for s, r in got.items():
         g = r["gain"]

@@ -84,7 +84,7 @@ def test_emulated_fedavg_and_client_level_accountant(tmp_path):
     assert any(not np.array_equal(plain["final_arrays"][k], base[k]) for k in base)   # rounds moved the global model
     z = plan_client_noise(2.0, 4 / plain["devices"], 2, 1e-5)
     noisy = emulate(setup, federated_part("head-norms"), local, EmuConfig(rounds=2, clients_per_round=4, eval_every=2,
-                    noise_multiplier=z, clipping_norm=0.5, server_opt="adam", server_lr=1e-3), users, progress=False)
+                    target_epsilon=2.0, clipping_norm=0.5, server_opt="adam", server_lr=1e-3), users, progress=False)
     assert noisy["epsilon"] == pytest.approx(2.0, rel=0.02)
     assert noisy["noise_std_of_mean"] == pytest.approx(z * 0.5 / 4)
     # more clients per round with the same noise on the mean: the accountant's epsilon falls

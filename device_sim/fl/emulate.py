@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .adapters import AdapterConfig, adapter_bytes, get_adapter, set_adapter
+from .adapters import AdapterConfig, _key, adapter_bytes, get_adapter, set_adapter
 from .local import LocalConfig, local_train
 from .setup import FLSetup, ndcg_eval
 
@@ -40,7 +40,8 @@ class EmuConfig:
     rounds: int = 50
     clients_per_round: int = 50
     eval_every: int = 10
-    noise_multiplier: float | None = None   # client-level DP (server-side fixed clipping); None = plain FedAvg
+    noise_multiplier: float | None = None   # client-level DP (server-side fixed clipping); None = plain FedAvg ...
+    target_epsilon: float | None = None     # ... or the epsilon to plan it for (over `rounds` at q = m / devices)
     clipping_norm: float = 1.0
     delta: float = 1e-5
     server_lr: float = 1.0
@@ -122,13 +123,18 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
     m = min(cfg.clients_per_round, len(pool))
     q = m / len(pool)
     rng = np.random.default_rng([cfg.seed, 3])
+    if cfg.noise_multiplier is None and cfg.target_epsilon is not None:
+        cfg = replace(cfg, noise_multiplier=plan_client_noise(cfg.target_epsilon, q, cfg.rounds, cfg.delta))
     dp = cfg.noise_multiplier is not None
 
     def score(arrays) -> dict:
         return {t: ndcg_eval(setup, gm, eval_users, arrays, beam=cfg.beam, per_user=True, target=t) for t in targets}
 
+    def summary(res: dict) -> dict:
+        return {t: {k: v for k, v in r.items() if k != "per_user"} for t, r in res.items()}
+
     first = score(glob)
-    curve = {0: {t: {k: v for k, v in r.items() if k != "per_user"} for t, r in first.items()}}
+    curve = {0: summary(first)}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -169,7 +175,7 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
         out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds or out_of_time:
             last = score(glob)
-            curve[rnd] = {t: {k: v for k, v in r.items() if k != "per_user"} for t, r in last.items()}
+            curve[rnd] = summary(last)
             if bar is not None:
                 bar.set_postfix(ndcg=f"{next(iter(curve[rnd].values()))['ndcg@10']:.4f}")
         if bar is not None:
@@ -180,7 +186,7 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
         bar.close()
     if rounds_run not in curve:
         last = score(glob)
-        curve[rounds_run] = {t: {k: v for k, v in r.items() if k != "per_user"} for t, r in last.items()}
+        curve[rounds_run] = summary(last)
     set_adapter(gm.model, init)
     return {"adapter": acfg.to_dict(), "local": local.to_dict(), "config": cfg.to_dict(), "devices": len(pool),
             "clients_per_round": m, "sample_rate": q, "rounds_run": rounds_run, "seconds": time.time() - t0,
@@ -210,7 +216,7 @@ def personal_eval(setup: FLSetup, acfg: AdapterConfig, start: dict[str, np.ndarr
     frozen = []
     if only:
         pat = "|".join(f"(?:{t})" for t in only)
-        frozen = [p for n, p in gm.model.named_parameters() if p.requires_grad and not re.fullmatch(pat, n.replace(".default.weight", "").replace(".base_layer", ""))]
+        frozen = [p for n, p in gm.model.named_parameters() if p.requires_grad and not re.fullmatch(pat, _key(n))]
     local = replace(local, dp=replace(local.dp, target_epsilon=None))
     split = setup.split
     out = []

@@ -128,9 +128,9 @@ def records_loss(model: nn.Module, src: np.ndarray, tgt: np.ndarray, batch_size:
     was = model.training
     model.eval()
     tot, n = 0.0, 0
+    dev = next(model.parameters()).device
     with torch.no_grad():
         for s in range(0, len(src), batch_size):
-            dev = next(model.parameters()).device
             b = torch.from_numpy(src[s:s + batch_size]).to(dev), torch.from_numpy(tgt[s:s + batch_size]).to(dev)
             tot += float(model.retrieval_loss(*b)) * len(b[0])
             n += len(b[0])
