@@ -56,14 +56,16 @@ def _setup(args):
 
 
 def _recipe(spec: str, steps: int):
-    """``part@lr[:opt=sgd][:server=adam][:slr=1e-3][:m=20][:steps=10]`` -> (part, AdapterConfig, LocalConfig, EmuConfig fields)."""
+    """``part@lr[:opt=sgd][:obj=sequence][:server=adam][:slr=1e-3][:m=20][:steps=10]`` -> (part, AdapterConfig, LocalConfig,
+    EmuConfig fields)."""
     from device_sim.fl.adapters import federated_part
     from device_sim.fl.local import LocalConfig
 
     head, *opts = spec.split(":")
     part, lr = head.split("@")
     o = dict(x.split("=") for x in opts)
-    local = LocalConfig(steps=int(o.get("steps", steps)), batch_size=32, lr=float(lr), max_records=128, optimizer=o.get("opt", "adam"))
+    local = LocalConfig(steps=int(o.get("steps", steps)), batch_size=32, lr=float(lr), max_records=128, optimizer=o.get("opt", "adam"),
+                        objective=o.get("obj", "records"))
     emu = {"server_opt": o.get("server", "avg"), "server_lr": float(o.get("slr", 1.0))}
     if "m" in o:
         emu["clients_per_round"] = int(o["m"])
@@ -124,6 +126,14 @@ def _write(out: Path, name: str, doc: dict) -> Path:
     p = out / name
     p.write_text(json.dumps(doc, indent=1))
     return p
+
+
+def prepare(args) -> dict:
+    """Train (or load) the base once, before the parallel stages load it from the cache."""
+    t0 = time.time()
+    setup, users = _setup(args)
+    print(f"base ready in {time.time() - t0:.0f} s: {len(setup.users)} device users, {len(users)} in the evaluation cohort")
+    return {}
 
 
 def screen(args) -> dict:
@@ -226,7 +236,7 @@ def personal(args) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["screen", "dp", "personal"])
+    ap.add_argument("stage", choices=["prepare", "screen", "dp", "personal"])
     ap.add_argument("--data", default="ml-1m")
     ap.add_argument("--cloud-users", type=float, default=0.25)
     ap.add_argument("--eval-users", type=int, default=1000)
@@ -252,7 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--tiny", action="store_true", help="a tiny model and budget (smoke test)")
     args = ap.parse_args(argv)
-    {"screen": screen, "dp": dp, "personal": personal}[args.stage](args)
+    {"prepare": prepare, "screen": screen, "dp": dp, "personal": personal}[args.stage](args)
     return 0
 
 

@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
 # The federated measurements of the issue "Federated learning that measurably helps" on one H200 (device tool).
-# Needs .cache/gpu_build/ml-1m (items + interactions) and .whl/ (faiss, peft + transformers, opacus). Writes under $OUT.
+# Needs .cache/gpu_build/ml-1m (items + interactions) and .whl/ (faiss, peft + transformers + httpx2, opacus). Writes under
+# $OUT. The models are cached in $FLCACHE (default .cache/gpu_fl, carry it to the next call: the host may have gone cold).
 #   STAGE=ceiling  base (cloud users) + centralized (every user), users scenario   (~7 min)
-#   STAGE=screen   what to federate, no DP, chosen on validation                    (CANDIDATES, ROUNDS, MINUTES)
-#   STAGE=dp       the chosen RECIPE at epsilon {0.5..8, inf} + the personal step   (RECIPE, CLIP, ROUNDS, MINUTES)
+#   STAGE=screen   what to federate, no DP, chosen on validation                    (CANDIDATES, ROUNDS, MINUTES, EVERY)
+#   STAGE=dp       the chosen RECIPE at epsilon {0.5..8, inf} + the personal step   (RECIPE, CLIP, ROUNDS, MINUTES, EPSILONS;
+#                  CEILING=1 re-measures the ceiling on the same base alongside)
 set -u
 source bench/gpu_env.sh
 export OMP_NUM_THREADS=1
 D=.cache/gpu_build/ml-1m
-C=$SCRATCH/flcache
+C=${FLCACHE:-.cache/gpu_fl}
+A="--data $D --device cuda --cache $C"
+python3 bench/fl_screen.py prepare $A > $L/prepare.log 2>&1
 case ${STAGE:-ceiling} in
 ceiling)
-  python3 bench/fl_ceiling.py --data $D --device cuda --scenarios users --cache $C --out $OUT > $L/ceiling.log 2>&1
-  (cd $C && tar -czf $OUT/fl-models.tar.gz .) ;;
+  python3 bench/fl_ceiling.py --data $D --device cuda --scenarios users --cache $C --out $OUT > $L/ceiling.log 2>&1 ;;
 screen)
-  python3 bench/fl_screen.py screen --data $D --device cuda --cache $C --parallel --rounds ${ROUNDS:-40} \
+  python3 bench/fl_screen.py screen $A --parallel --rounds ${ROUNDS:-40} --eval-every ${EVERY:-10} \
     --max-minutes ${MINUTES:-6} --save-dir $SCRATCH/finals ${CANDIDATES:+--candidates $CANDIDATES} --out $OUT > $L/screen.log 2>&1 ;;
 dp)
-  python3 bench/fl_screen.py dp --data $D --device cuda --cache $C --parallel --recipe $RECIPE --clip ${CLIP:-1.0} \
-    --rounds ${ROUNDS:-40} --max-minutes ${MINUTES:-6} --save-dir $SCRATCH/finals --out $OUT > $L/dp.log 2>&1 &
-  python3 bench/fl_screen.py personal --data $D --device cuda --cache $C --recipe $RECIPE \
-    --final "$SCRATCH/finals/final-screen-$RECIPE.npz" --out $OUT > $L/personal.log 2>&1
+  [ "${CEILING:-0}" = 1 ] && { python3 bench/fl_ceiling.py --data $D --device cuda --scenarios users --cache $C --out $OUT > $L/ceiling.log 2>&1 & }
+  python3 bench/fl_screen.py dp $A --parallel --recipe $RECIPE --clip ${CLIP:-1.0} --eval-every ${EVERY:-10} \
+    ${EPSILONS:+--epsilons $EPSILONS} --rounds ${ROUNDS:-40} --max-minutes ${MINUTES:-6} --save-dir $SCRATCH/finals --out $OUT > $L/dp.log 2>&1
+  python3 bench/fl_screen.py personal $A --recipe $RECIPE \
+    --final "$SCRATCH/finals/final-dp-$RECIPE.npz" --out $OUT > $L/personal.log 2>&1
   wait ;;
 esac
 nvidia-smi --query-gpu=name,utilization.gpu,memory.used --format=csv > $OUT/gpu.txt
+(cd $C && tar -czf $OUT/fl-cache.tar.gz .)
+cp $L/*.log $OUT/ 2>/dev/null
 tail -n 30 $L/*.log

@@ -49,7 +49,13 @@ def _spec(args):
     from .fl.setup import FLData
 
     data = FLData(dataset=args.data, scenario=args.scenario, cloud_users=args.cloud_users)
+    if args.local_objective == "sequence" and args.epsilon is not None:
+        from edge_gr.errors import InputError
+
+        raise InputError("--local-objective sequence trains on whole sequences: record-level DP-SGD does not apply",
+                         hint="add --epsilon none (and --central-noise for client-level DP)")
     local = LocalConfig(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr, optimizer=args.local_optimizer,
+                        objective=args.local_objective,
                         dp=DPConfig(target_epsilon=args.epsilon, max_participations=args.max_participations))
     cdp = {"noise_multiplier": args.central_noise, "clipping_norm": args.central_clip} if args.central_noise else None
     out = Path(args.out)
@@ -155,6 +161,9 @@ def add_parsers(sub) -> None:
                     help="what devices train and upload (sizes in docs/federated.md): LoRA on q/o, LoRA on every Linear, "
                          "the output head + LayerNorms, the code embeddings, everything but item embeddings, the whole model")
     sp.add_argument("--local-optimizer", choices=["adam", "sgd"], default="adam")
+    sp.add_argument("--local-objective", choices=["records", "sequence"], default="records",
+                    help="records: (history, next item) batches, DP-SGD possible; sequence: the device's history as one "
+                         "sequence, every position predicting the next item (the cloud's loss; needs --epsilon none)")
     sp.add_argument("--local-steps", type=int, default=10)
     sp.add_argument("--batch-size", type=int, default=32)
     sp.add_argument("--lr", type=float, default=2e-2)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 import sys
 import warnings
 
@@ -64,6 +65,36 @@ def test_parts_are_what_they_say():
         federated_part("everything")
 
 
+@pytest.mark.parametrize("part", ["full", "lora-qo", "head-norms"])
+def test_batched_sequence_training_equals_one_client_at_a_time(part):
+    """The GPU screen trains a round's clients together (vmap over stacked copies); each client must get exactly what
+    `local_train(objective="sequence")` gives it alone, and the sequence objective must learn."""
+    from device_sim.fl.adapters import _key
+    from device_sim.fl.emulate import batched_local_train
+    from device_sim.fl.records import device_sequence
+
+    m, _ = tiny_model()
+    add_adapters(m, federated_part(part))
+    init = get_adapter(m)
+    names = {_key(n): n for n, _ in m.named_parameters() if _key(n) in init}
+    rng = np.random.default_rng(1)
+    seqs = np.stack([device_sequence(rng.integers(1, 41, n).tolist(), 12) for n in (5, 13, 30)])   # (3, 1, 13)
+    local = LocalConfig(steps=4, lr=0.5, optimizer="sgd", objective="sequence", dp=DPConfig(target_epsilon=None))
+    out = batched_local_train(m, {names[k]: torch.from_numpy(v) for k, v in init.items()}, torch.from_numpy(seqs), local)
+    for c in range(3):
+        set_adapter(m, init)
+        with torch.no_grad():
+            l0 = float(m(torch.from_numpy(seqs[c])))
+        res = local_train(m, seqs[c], None, local)
+        with torch.no_grad():
+            assert float(m(torch.from_numpy(seqs[c]))) < l0 - 0.01                       # it learns its own sequence
+        for k in init:
+            assert torch.allclose(out[names[k]][c], torch.from_numpy(res.arrays[k]), atol=1e-5), (c, k)
+        assert res.n_records == min(len(np.nonzero(seqs[c][0])[0]), 13) - 1
+    with pytest.raises(InputError, match="record-level DP"):
+        local_train(m, seqs[0], None, LocalConfig(objective="sequence"))
+
+
 def test_emulated_fedavg_and_client_level_accountant(tmp_path):
     from device_sim.fl.ceiling import device_cohort
     from device_sim.fl.emulate import EmuConfig, client_epsilon, emulate, extrapolate, plan_client_noise
@@ -82,6 +113,10 @@ def test_emulated_fedavg_and_client_level_accountant(tmp_path):
     assert plain["epsilon"] is None and plain["upload_bytes"] == 4 * plain["params"]
     base = get_adapter(setup.adapted_model(federated_part("head-norms")).model)
     assert any(not np.array_equal(plain["final_arrays"][k], base[k]) for k in base)   # rounds moved the global model
+    seq = emulate(setup, federated_part("full"), replace(local, objective="sequence", lr=1e-2), EmuConfig(
+        rounds=2, clients_per_round=4, eval_every=2, target_epsilon=4.0), users, progress=False)
+    assert seq["epsilon"] == pytest.approx(4.0, rel=0.02) and sorted(seq["curve"]) == [0, 2]
+    assert seq["local"]["objective"] == "sequence" and seq["upload_bytes"] == 4 * seq["params"]
     z = plan_client_noise(2.0, 4 / plain["devices"], 2, 1e-5)
     noisy = emulate(setup, federated_part("head-norms"), local, EmuConfig(rounds=2, clients_per_round=4, eval_every=2,
                     target_epsilon=2.0, clipping_norm=0.5, server_opt="adam", server_lr=1e-3), users, progress=False)
@@ -103,6 +138,12 @@ def test_cli_privacy_and_federate_reach_the_spec(tmp_path):
     from device_sim.fl.flower import FLSpec
 
     assert FLSpec.from_json(sp.to_json()).adapter == sp.adapter                       # the deployment's run config
+    sq = _spec(build_parser().parse_args(["fl", "run", "--federate", "full", "--local-objective", "sequence", "--epsilon", "none"]))
+    assert FLSpec.from_json(sq.to_json()).local.objective == "sequence"
+    nodp = subprocess.run([sys.executable, "-m", "server.cli", "fl", "run", "--local-objective", "sequence", "--out",
+                           str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert nodp.returncode != 0 and "Traceback" not in nodp.stderr and "--epsilon none" in nodp.stderr
+    assert not (tmp_path / "x").exists()
     out = tmp_path / "dp.json"
     r = subprocess.run([sys.executable, "-m", "server.cli", "fl", "privacy", "--clients", "50", "--fleet", "4530",
                         "--rounds", "40", "--epsilon", "1", "--out", str(out)], capture_output=True, text=True, timeout=300)
@@ -115,7 +156,8 @@ def test_cli_privacy_and_federate_reach_the_spec(tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_full_parameter_federation_on_flower_sends_only_those_weights(tmp_path):
+@pytest.mark.parametrize("objective", ["records", "sequence"])
+def test_full_parameter_federation_on_flower_sends_only_those_weights(tmp_path, objective):
     """Issue #17's privacy check for the new trained parameters: a Flower simulation federating the output head and
     LayerNorms; every reply carries exactly those tensors (the model's shapes) and the allowed scalars, no record."""
     from device_sim.fl.flower import ALLOWED_REPLY_METRICS, FLSpec, env_for
@@ -128,7 +170,8 @@ def test_full_parameter_federation_on_flower_sends_only_those_weights(tmp_path):
                train=TrainConfig(epochs=1, batch_size=64, eval_queries=5, progress=False, threads=1))
     spec = FLSpec(data=d, cache=str(tmp_path), adapter=federated_part("head-norms"), rounds=1, clients_per_round=4,
                   min_clients=2, eval_users=5, eligibility=False,
-                  local=LocalConfig(steps=2, batch_size=8, lr=1e-3, dp=DPConfig(target_epsilon=2.0)))
+                  local=LocalConfig(steps=2, batch_size=8, lr=1e-3, objective=objective,
+                                    dp=DPConfig(target_epsilon=2.0 if objective == "records" else None)))
     out = run_federated(spec, baselines=False, progress=False, num_cpus=1)
     env = env_for(spec)
     names = {n for n, p in env.gm.model.named_parameters() if p.requires_grad}

@@ -32,7 +32,7 @@ from .adapters import AdapterConfig, _key, adapter_bytes, get_adapter, set_adapt
 from .local import LocalConfig, local_train
 from .setup import FLSetup, ndcg_eval
 
-__all__ = ["EmuConfig", "emulate", "client_epsilon", "plan_client_noise", "extrapolate", "personal_eval"]
+__all__ = ["EmuConfig", "emulate", "batched_local_train", "client_epsilon", "plan_client_noise", "extrapolate", "personal_eval"]
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,74 @@ def extrapolate(noise_std_of_mean: float, clipping_norm: float, rounds: int, sam
     return out
 
 
-def _flat_norm(d: dict[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in d.values())))
+def batched_local_train(model, glob: dict[str, "torch.Tensor"], seqs: "torch.Tensor", local: LocalConfig,
+                        seed: int = 0) -> dict[str, "torch.Tensor"]:
+    """Every client's :func:`~device_sim.fl.local.local_train` (``objective="sequence"``) at once, on stacked copies.
+
+    ``glob`` maps the model's parameter names to the global values, ``seqs`` is ``(clients, 1, S+1)``; returns the
+    trained values stacked ``(clients, ...)``. Each client's loss depends only on its own slice, and Adam / SGD act
+    element-wise, so this equals running the clients one after another (tests/test_fl_parts.py checks it) while one
+    GPU launch serves all of them: torch.func's model-ensembling pattern (vmap over ``functional_call``).
+    """
+    import torch
+    from torch.func import functional_call, vmap
+
+    from .local import _optimizer
+
+    m = seqs.shape[0]
+    stacked = {n: v.detach().unsqueeze(0).repeat(m, *([1] * v.dim())).requires_grad_(True) for n, v in glob.items()}
+    torch.manual_seed(seed)
+    model.train()
+    amp = seqs.device.type == "cuda"  # bf16 like the cloud's training on a GPU; fp32 (exact) on CPU
+
+    def one(params, seq):
+        return functional_call(model, params, (seq,))  # model.forward = rec_loss, the cloud's next-item loss
+
+    loss_of = vmap(one, randomness="different")
+    opt = _optimizer(list(stacked.values()), local)
+    for _ in range(local.steps):
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = loss_of(stacked, seqs).sum()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return {n: v.detach() for n, v in stacked.items()}
+
+
+class _Server:
+    # The server side of a round on stacked client updates (torch, where the updates are): Flower's FedAvg weighting,
+    # server-side fixed clipping + Gaussian noise, FedAdam (no bias correction, as Flower computes it)
+    def __init__(self, glob: dict, cfg: EmuConfig, m: int, seed: int):
+        import torch
+
+        self.cfg, self.m = cfg, m
+        self.gen = torch.Generator(device=next(iter(glob.values())).device).manual_seed(seed)
+        self.mom = {k: torch.zeros_like(v) for k, v in glob.items()} if cfg.server_opt == "adam" else None
+        self.var = {k: torch.zeros_like(v) for k, v in glob.items()} if cfg.server_opt == "adam" else None
+
+    def step(self, glob: dict, upd: dict, n_examples: "torch.Tensor") -> "torch.Tensor":
+        """Apply one round's stacked updates ``upd`` (k -> (m, ...)) to ``glob`` in place; returns the update norms."""
+        import torch
+
+        cfg = self.cfg
+        norms = torch.sqrt(sum((u.double().flatten(1) ** 2).sum(1) for u in upd.values()))
+        dp = cfg.noise_multiplier is not None
+        if dp:
+            w = torch.clamp(cfg.clipping_norm / norms.clamp_min(1e-12), max=1.0) / len(norms)
+        else:
+            w = n_examples.double() / n_examples.double().sum()
+        for k, u in upd.items():
+            mean = torch.tensordot(w.to(u.device), u.double(), dims=1)
+            if dp:
+                mean = mean + torch.randn(mean.shape, generator=self.gen, device=mean.device, dtype=mean.dtype) * (
+                    cfg.noise_multiplier * cfg.clipping_norm / self.m)
+            if self.mom is not None:
+                self.mom[k] = cfg.beta1 * self.mom[k] + (1 - cfg.beta1) * mean
+                self.var[k] = cfg.beta2 * self.var[k] + (1 - cfg.beta2) * mean * mean
+                mean = self.mom[k] / (torch.sqrt(self.var[k]) + cfg.tau)
+            glob[k] = (glob[k] + cfg.server_lr * mean).float()
+        return norms
 
 
 def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuConfig, eval_users: list[str],
@@ -112,28 +178,40 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
 
     Returns ``{"curve": {round: {target: metrics}}, "per_user": {target: [ndcg@10, ...] of the base and the last
     round}, "upload_bytes", "epsilon", ...}``. Local training never uses record-level DP here (client-level DP is the
-    unit this measures).
+    unit this measures). ``local.objective == "sequence"`` trains a round's clients together
+    (:func:`batched_local_train`); ``"records"`` one after another.
     """
+    import torch
+
+    from .local import examples
+
     gm = setup.adapted_model(acfg)
     gm.model.to(device)
     init = get_adapter(gm.model)
-    glob = {k: v.copy() for k, v in init.items()}
+    names = {k: n for n, p in gm.model.named_parameters() for k in [_key(n)] if k in init}  # wire key -> parameter name
+    glob = {k: torch.from_numpy(v).to(device) for k, v in init.items()}
     local = replace(local, dp=replace(local.dp, target_epsilon=None))
-    pool = [u for u in setup.users if len(setup.records(u, max_records=local.max_records)[0]) >= cfg.min_records]
+    data = {u: setup.local_data(u, local) for u in setup.users}
+    pool = [u for u in setup.users if examples(data[u][0], local) >= cfg.min_records]
     m = min(cfg.clients_per_round, len(pool))
     q = m / len(pool)
     rng = np.random.default_rng([cfg.seed, 3])
     if cfg.noise_multiplier is None and cfg.target_epsilon is not None:
         cfg = replace(cfg, noise_multiplier=plan_client_noise(cfg.target_epsilon, q, cfg.rounds, cfg.delta))
     dp = cfg.noise_multiplier is not None
+    server = _Server(glob, cfg, m, seed=cfg.seed)
+    batched = local.objective == "sequence"
 
-    def score(arrays) -> dict:
-        return {t: ndcg_eval(setup, gm, eval_users, arrays, beam=cfg.beam, per_user=True, target=t) for t in targets}
+    def arrays() -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy() for k, v in glob.items()}
+
+    def score(arr) -> dict:
+        return {t: ndcg_eval(setup, gm, eval_users, arr, beam=cfg.beam, per_user=True, target=t) for t in targets}
 
     def summary(res: dict) -> dict:
         return {t: {k: v for k, v in r.items() if k != "per_user"} for t, r in res.items()}
 
-    first = score(glob)
+    first = score(init)
     curve = {0: summary(first)}
     bar = None
     if progress:
@@ -142,39 +220,27 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
         bar = tqdm(total=cfg.rounds, desc=f"emulated FedAvg ({len(pool)} devices, {m}/round)")
     t0, rounds_run, last = time.time(), 0, first
     norms: list[float] = []
-    mom = {k: np.zeros_like(v, dtype=np.float64) for k, v in glob.items()} if cfg.server_opt == "adam" else None
-    var = {k: np.zeros_like(v, dtype=np.float64) for k, v in glob.items()} if cfg.server_opt == "adam" else None
     for rnd in range(1, cfg.rounds + 1):
-        chosen = rng.choice(len(pool), m, replace=False)
-        acc = {k: np.zeros_like(v, dtype=np.float64) for k, v in glob.items()}
-        wsum = 0.0
-        for j in chosen:
-            set_adapter(gm.model, glob)
-            src, tgt = setup.records(pool[j], max_records=local.max_records)
-            res = local_train(gm.model, src, tgt, local, None, seed=int(rng.integers(2**31)))
-            upd = {k: res.arrays[k] - glob[k] for k in glob}
-            nrm = _flat_norm(upd)
-            norms.append(nrm)
-            if dp:
-                scale, w = min(1.0, cfg.clipping_norm / max(nrm, 1e-12)), 1.0
-            else:
-                scale, w = 1.0, float(res.n_records)
-            for k in acc:
-                acc[k] += (w * scale) * upd[k]
-            wsum += w
-        for k in glob:
-            mean = acc[k] / wsum
-            if dp:
-                mean = mean + rng.normal(0.0, cfg.noise_multiplier * cfg.clipping_norm / m, size=mean.shape)
-            if mom is not None:  # FedAdam as Flower computes it (no bias correction)
-                mom[k] = cfg.beta1 * mom[k] + (1 - cfg.beta1) * mean
-                var[k] = cfg.beta2 * var[k] + (1 - cfg.beta2) * mean * mean
-                mean = mom[k] / (np.sqrt(var[k]) + cfg.tau)
-            glob[k] = (glob[k] + cfg.server_lr * mean).astype(np.float32)
+        chosen = [pool[j] for j in rng.choice(len(pool), m, replace=False)]
+        n_ex = torch.tensor([examples(data[u][0], local) for u in chosen], device=device)
+        if batched:
+            seqs = torch.from_numpy(np.stack([data[u][0] for u in chosen])).to(device)
+            new = batched_local_train(gm.model, {names[k]: v for k, v in glob.items()}, seqs, local,
+                                      seed=int(rng.integers(2**31)))
+            upd = {k: new[names[k]] - glob[k] for k in glob}
+        else:
+            ups = []
+            for u in chosen:
+                set_adapter(gm.model, arrays())
+                src, tgt = data[u]
+                res = local_train(gm.model, src, tgt, local, None, seed=int(rng.integers(2**31)))
+                ups.append({k: torch.from_numpy(res.arrays[k]).to(device) - glob[k] for k in glob})
+            upd = {k: torch.stack([x[k] for x in ups]) for k in glob}
+        norms.extend(server.step(glob, upd, n_ex).tolist())
         rounds_run = rnd
         out_of_time = cfg.max_minutes is not None and time.time() - t0 > 60 * cfg.max_minutes
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds or out_of_time:
-            last = score(glob)
+            last = score(arrays())
             curve[rnd] = summary(last)
             if bar is not None:
                 bar.set_postfix(ndcg=f"{next(iter(curve[rnd].values()))['ndcg@10']:.4f}")
@@ -185,8 +251,9 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
     if bar is not None:
         bar.close()
     if rounds_run not in curve:
-        last = score(glob)
+        last = score(arrays())
         curve[rounds_run] = summary(last)
+    final = arrays()
     set_adapter(gm.model, init)
     return {"adapter": acfg.to_dict(), "local": local.to_dict(), "config": cfg.to_dict(), "devices": len(pool),
             "clients_per_round": m, "sample_rate": q, "rounds_run": rounds_run, "seconds": time.time() - t0,
@@ -195,7 +262,7 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
             "epsilon": (client_epsilon(cfg.noise_multiplier, q, rounds_run, cfg.delta) if dp else None),
             "noise_std_of_mean": (cfg.noise_multiplier * cfg.clipping_norm / m if dp else 0.0),
             "curve": curve, "per_user": {t: {"base": first[t]["per_user"], "final": last[t]["per_user"]} for t in targets},
-            "final_arrays": glob}
+            "final_arrays": final}
 
 
 def personal_eval(setup: FLSetup, acfg: AdapterConfig, start: dict[str, np.ndarray], users: list[str], local: LocalConfig,
@@ -223,7 +290,7 @@ def personal_eval(setup: FLSetup, acfg: AdapterConfig, start: dict[str, np.ndarr
     for k, u in enumerate(users):
         set_adapter(gm.model, start)
         if local.steps > 0:
-            src, tgt = setup.records(u, max_records=local.max_records)
+            src, tgt = setup.local_data(u, local)
             for p in frozen:
                 p.requires_grad_(False)
             try:

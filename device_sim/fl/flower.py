@@ -165,7 +165,7 @@ def client_train(spec: FLSpec, msg, context):
     from ..battery import task_energy_j
     from ..network import transfer_time
     from .adapters import set_adapter
-    from .local import PrivacyBudgetExceeded, PrivacyLedger, local_train
+    from .local import PrivacyBudgetExceeded, PrivacyLedger, examples, local_train
 
     env = env_for(spec)
     pid = int(context.node_config["partition-id"])
@@ -195,8 +195,8 @@ def client_train(spec: FLSpec, msg, context):
     if (spec.eligibility and dev.battery.advance(max(t, dev.battery.t)) < spec.min_battery
             and not dev.battery.is_charging(t)):
         return reply({"declined": REASONS["battery"]})
-    src, tgt = env.setup.records(user, max_records=spec.local.max_records)
-    if len(src) < spec.min_records:
+    src, tgt = env.setup.local_data(user, spec.local)
+    if examples(src, spec.local) < spec.min_records:
         return reply({"declined": REASONS["few-records"]})
     set_adapter(env.gm.model, _arrays_to_dict(msg.content["arrays"]))
     try:

@@ -30,7 +30,7 @@ from edge_gr.errors import EdgeGRError, InputError
 from .adapters import get_adapter
 
 __all__ = ["DPConfig", "LocalConfig", "LocalResult", "PrivacyLedger", "PrivacyBudgetExceeded", "plan_noise",
-           "local_train", "records_loss"]
+           "local_train", "records_loss", "sequence_targets", "examples"]
 
 
 class PrivacyBudgetExceeded(EdgeGRError):
@@ -57,6 +57,10 @@ class LocalConfig:
     max_records: int = 128        # most recent records used (bounds CPU time and memory)
     dp: DPConfig = field(default_factory=DPConfig)
     optimizer: str = "adam"       # "adam" | "sgd" (plain SGD: the update is a sum of gradients, what FedAvg's theory averages)
+    # "records": batches of (history, next item) records, one target each (record-level DP-SGD possible);
+    # "sequence": the device's last max_len + 1 items as one sequence, every position predicting the next item (the
+    # cloud's own loss: one forward covers every record of the window). No record-level DP: a sequence is all records.
+    objective: str = "records"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,19 +142,63 @@ def records_loss(model: nn.Module, src: np.ndarray, tgt: np.ndarray, batch_size:
     return tot / max(n, 1)
 
 
+def sequence_targets(seq: np.ndarray) -> int:
+    """How many next-item predictions a left-padded sequence batch holds (the FedAvg weight of a device)."""
+    seq = np.asarray(seq)
+    return int(((seq[:, 1:] != 0) & (seq[:, :-1] != 0)).sum())
+
+
+def examples(src: np.ndarray, cfg: LocalConfig) -> int:
+    """How many next-item examples a device's training data (from :meth:`FLSetup.local_data`) holds under ``cfg``."""
+    return sequence_targets(src) if cfg.objective == "sequence" else len(src)
+
+
+def _optimizer(params, cfg: LocalConfig):
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise InputError(f"unknown local optimizer {cfg.optimizer!r}", hint="use 'adam' or 'sgd'")
+    return torch.optim.Adam(params, lr=cfg.lr) if cfg.optimizer == "adam" else torch.optim.SGD(params, lr=cfg.lr)
+
+
+def _train_sequence(model: nn.Module, params, seq: np.ndarray, cfg: LocalConfig, seed: int) -> LocalResult:
+    # `steps` full-window steps of the cloud's next-item loss (model.forward = rec_loss) on the device's own sequence
+    t0 = time.process_time()
+    torch.manual_seed(seed)
+    model.train()
+    opt = _optimizer(params, cfg)
+    x = torch.from_numpy(np.asarray(seq)).to(params[0].device)
+    loss = float("nan")
+    for _ in range(cfg.steps):
+        opt.zero_grad(set_to_none=True)
+        l = model(x)
+        l.backward()
+        opt.step()
+        loss = float(l.detach())
+    model.eval()
+    return LocalResult(arrays=get_adapter(model), n_records=sequence_targets(seq), loss=loss, epsilon=0.0, sigma=0.0,
+                       cpu_s=time.process_time() - t0)
+
+
 def local_train(model: nn.Module, src: np.ndarray, tgt: np.ndarray, cfg: LocalConfig,
                 ledger: PrivacyLedger | None = None, seed: int = 0) -> LocalResult:
-    """Fine-tune ``model``'s adapters (in place) on one device's records; return the new adapter.
+    """Fine-tune ``model``'s adapters (in place) on one device's records (``objective="sequence"``: ``src`` is its
+    sequence from :meth:`FLSetup.local_data`, ``tgt`` unused); return the new adapter.
 
     With ``cfg.dp.target_epsilon`` set this is DP-SGD through Opacus (Poisson sampling,
     per-record clipping to ``max_grad_norm``, Gaussian noise), and ``ledger`` (the
     device's, updated in place) must allow one more participation.
     """
-    src, tgt = src[-cfg.max_records:], tgt[-cfg.max_records:]
-    n = len(src)
+    if cfg.objective not in ("records", "sequence"):
+        raise InputError(f"unknown local objective {cfg.objective!r}", hint="use 'records' or 'sequence'")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise InputError("the model has no trainable adapter", hint="call add_adapters(model) first")
+    if cfg.objective == "sequence":
+        if cfg.dp.target_epsilon is not None:
+            raise InputError("record-level DP-SGD needs objective='records' (a sequence holds every record)",
+                             hint="set LocalConfig(dp=DPConfig(target_epsilon=None)) and use client-level DP on the server")
+        return _train_sequence(model, params, src, cfg, seed)
+    src, tgt = src[-cfg.max_records:], tgt[-cfg.max_records:]
+    n = len(src)
     sigma, q = plan_noise(n, cfg)
     dp = cfg.dp.target_epsilon is not None
     ledger = ledger if ledger is not None else PrivacyLedger()
@@ -165,9 +213,7 @@ def local_train(model: nn.Module, src: np.ndarray, tgt: np.ndarray, cfg: LocalCo
     torch.manual_seed(seed)
     model.train()
     wrapped = _RecordLoss(model)
-    if cfg.optimizer not in ("adam", "sgd"):
-        raise InputError(f"unknown local optimizer {cfg.optimizer!r}", hint="use 'adam' or 'sgd'")
-    opt = torch.optim.Adam(params, lr=cfg.lr) if cfg.optimizer == "adam" else torch.optim.SGD(params, lr=cfg.lr)
+    opt = _optimizer(params, cfg)
     ds = torch.utils.data.TensorDataset(torch.from_numpy(src), torch.from_numpy(tgt))
     loader = torch.utils.data.DataLoader(ds, batch_size=min(cfg.batch_size, n), shuffle=True, generator=g)
     hooks = None

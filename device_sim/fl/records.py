@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_gr.errors import InputError
 
-__all__ = ["device_records", "split_for_federation", "FederatedSplit"]
+__all__ = ["device_records", "device_sequence", "split_for_federation", "FederatedSplit"]
 
 
 def device_records(rows: Sequence[int], codes: np.ndarray, max_len: int, start: int = 1,
@@ -44,6 +44,23 @@ def device_records(rows: Sequence[int], codes: np.ndarray, max_len: int, start: 
         src[k, max_len - len(h):] = h
         tgt[k] = codes[rows[t] - 1]
     return src, tgt
+
+
+def device_sequence(rows: Sequence[int], max_len: int) -> np.ndarray:
+    """The device's most recent ``max_len + 1`` item rows as one left-padded sequence (``(1, max_len + 1)``).
+
+    The ``sequence`` objective trains on it as the cloud does: every position predicts the next item, so one
+    forward covers every record of the window (:meth:`GenerativeRetriever.rec_loss`).
+
+    >>> device_sequence([4, 5, 6], max_len=4).tolist()
+    [[0, 0, 4, 5, 6]]
+    """
+    rows = [int(r) for r in rows][-(max_len + 1):]
+    if len(rows) < 2:
+        raise InputError(f"a training sequence needs >= 2 items, got {len(rows)}", hint="wait until the history has >= 2 items")
+    seq = np.zeros((1, max_len + 1), dtype=np.int64)
+    seq[0, max_len + 1 - len(rows):] = rows
+    return seq
 
 
 class FederatedSplit:

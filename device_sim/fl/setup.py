@@ -21,7 +21,7 @@ from server.model import GRConfig
 from server.train import TrainConfig
 
 from .adapters import AdapterConfig, add_adapters, set_adapter
-from .records import FederatedSplit, device_records, split_for_federation
+from .records import FederatedSplit, device_records, device_sequence, split_for_federation
 
 __all__ = ["FLData", "FLSetup", "prepare", "ndcg_eval", "paired"]
 
@@ -72,6 +72,14 @@ class FLSetup:
         start = min(self.split.device_start(user), len(rows))
         return device_records(rows, self.codes, max_len or self.gm.model.cfg.max_len, start=max(start, 1),
                               max_records=max_records)
+
+    def local_data(self, user: str, local) -> tuple[np.ndarray, np.ndarray]:
+        """What ``user``'s device trains on under ``local`` (a :class:`~device_sim.fl.local.LocalConfig`): its
+        records (``objective="records"``), or its history as one sequence ``(seq (1, S+1), empty targets)``
+        (``"sequence"``: the whole device history; in the ``history`` scenario that includes the cloud-logged start)."""
+        if getattr(local, "objective", "records") == "sequence":
+            return device_sequence(self.device_rows(user), self.gm.model.cfg.max_len), np.zeros((1, 0), dtype=np.int64)
+        return self.records(user, max_records=local.max_records)
 
     def adapted_model(self, acfg: AdapterConfig):
         """A private copy of the base GenerativeModel with (zero) adapters."""

@@ -189,7 +189,7 @@ def secagg_fit_fn(spec: FLSpec, users: list[str]):
         keys = sorted(get_adapter(env.gm.model))
         user = users[pid]
         set_adapter(env.gm.model, dict(zip(keys, arrays)))
-        src, tgt = env.setup.records(user, max_records=spec.local.max_records)
+        src, tgt = env.setup.local_data(user, spec.local)
         ledger = _LEDGERS.setdefault(user, PrivacyLedger())
         res = local_train(env.gm.model, src, tgt, spec.local, ledger, seed=spec.seed * 7919 + pid)
         # every report weighs the same (num_examples = 1 = max_weight): the record-level
