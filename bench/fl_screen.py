@@ -84,6 +84,9 @@ def _run(job: tuple) -> dict:
     try:
         return _run_one(job)
     except Exception as e:  # one broken candidate must not lose the others' results (its error is reported, not raised)
+        import traceback
+
+        print(traceback.format_exc(), file=sys.stderr)   # the log (not the results file) keeps where it failed
         return {"recipe": job[1], "target_epsilon": job[2], "error": f"{type(e).__name__}: {e}"}
 
 
@@ -100,12 +103,15 @@ def _run_one(job: tuple) -> dict:
                     max_minutes=args.max_minutes, clipping_norm=args.clip)
     cfg = replace(cfg, **emu)
     targets = ("valid",) if kind == "screen" else ("valid", "test")
-    cfg = replace(cfg, target_epsilon=eps)  # emulate plans the noise from its own device pool
+    if isinstance(eps, tuple):  # ("z", noise multiplier): a noise level to measure utility at (its epsilon is whatever it costs)
+        cfg, eps = replace(cfg, noise_multiplier=eps[1]), None
+    else:
+        cfg = replace(cfg, target_epsilon=eps)  # emulate plans the noise from its own device pool
     res = emulate(setup, acfg, local, cfg, users, device=args.device, targets=targets, progress=False)
-    res.update(recipe=spec, part=part, target_epsilon=eps, gain={t: {"epsilon": (res["epsilon"] if eps is not None else None),
+    res.update(recipe=spec, part=part, target_epsilon=eps, gain={t: {"epsilon": res["epsilon"],
                                                                         **_paired(res, t)} for t in targets})
     arrays = res.pop("final_arrays")
-    if eps is None and args.save_dir:  # the no-DP global weights (the personal step starts from them)
+    if res["epsilon"] is None and args.save_dir:  # the no-DP global weights (the personal step starts from them)
         Path(args.save_dir).mkdir(parents=True, exist_ok=True)
         np.savez(Path(args.save_dir) / f"final-{kind}-{spec}.npz", **arrays)
     res.pop("per_user")
@@ -140,7 +146,7 @@ def screen(args) -> dict:
     t0 = time.time()
     got = _pool([("screen", c, None, args) for c in args.candidates.split(",") if c], args.parallel)
     ok = [r for r in got if "error" not in r]
-    best = max(ok, key=lambda r: r["gain"]["valid"]["gain"])
+    best = max(ok, key=lambda r: r["gain"]["valid"]["gain"]) if ok else {"recipe": None}
     doc = {"date": datetime.date.today().isoformat(), "machine": _machine(), "seconds": time.time() - t0,
            "protocol": ("users scenario; emulated FedAvg (device_sim.fl.emulate: the ClientApp's local_train, FedAvg weighted by "
                         "records, uniform sampling) without DP; chosen on the device users' validation items (context = "
@@ -161,16 +167,19 @@ def dp(args) -> dict:
     from device_sim.fl.emulate import extrapolate
 
     t0 = time.time()
-    eps = [None if e in ("inf", "none") else float(e) for e in args.epsilons.split(",") if e]
+    # "inf": no DP; "2": planned for epsilon 2; "z0.08": that noise multiplier (utility at a larger fleet's noise level)
+    eps = [None if e in ("inf", "none") else ("z", float(e[1:])) if e.startswith("z") else float(e)
+           for e in args.epsilons.split(",") if e]
     got = _pool([("dp", args.recipe, e, args) for e in eps], args.parallel)
-    runs = {("inf" if r["target_epsilon"] is None else str(r["target_epsilon"])): r for r in got}
+    names = ["inf" if e is None else f"z{e[1]}" if isinstance(e, tuple) else str(e) for e in eps]
+    runs = dict(zip(names, got))
     for k, r in list(runs.items()):
         if "error" in r:
             print(f"eps {k}: FAILED {r['error']}")
     nodp = runs.get("inf")
     ext = {}
     for k, r in runs.items():
-        if r["target_epsilon"] is not None and "error" not in r:
+        if "error" not in r and r.get("epsilon") is not None:
             ext[k] = extrapolate(r["noise_std_of_mean"], r["config"]["clipping_norm"], r["rounds_run"], r["sample_rate"])
     doc = {"date": datetime.date.today().isoformat(), "machine": _machine(), "seconds": time.time() - t0, "recipe": args.recipe,
            "protocol": ("users scenario; emulated FedAvg with client-level DP = Flower's DifferentialPrivacyServerSideFixedClipping "

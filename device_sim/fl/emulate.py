@@ -127,9 +127,13 @@ def batched_local_train(model, glob: dict[str, "torch.Tensor"], seqs: "torch.Ten
 
     loss_of = vmap(one, randomness="different")
     opt = _optimizer(list(stacked.values()), local)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     for _ in range(local.steps):
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        # SDPA's math backend: matmul + softmax, which vmap batches (the fused kernels have no batching rule for a
+        # mask broadcast over the stacked clients)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp), sdpa_kernel([SDPBackend.MATH]):
             loss = loss_of(stacked, seqs).sum()
         loss.backward()
         opt.step()
