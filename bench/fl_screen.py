@@ -243,9 +243,120 @@ def personal(args) -> dict:
     return doc
 
 
+def _load(p: str) -> dict:
+    return json.loads(Path(p).read_text())
+
+
+def _g(gain: dict) -> dict:
+    return {k: gain[k] for k in ("epsilon", "gain", "ci_low", "ci_high")}
+
+
+def collect(args) -> dict:
+    """Merge a GPU session's outputs (``--screens name=fl_screen.json;...``, ``--dp`` epsilon runs, ``--noise`` fixed-noise
+    runs, ``--ceiling`` the same base's ceiling) into bench/results: fl_screen.json (screens appended), fl_dp.json (+ png),
+    fl_ceiling.json (the previous one kept as fl_ceiling_run2.json) and fl.json's ``ceiling`` / ``federated`` /
+    ``extrapolation`` keys."""
+    out = Path(args.out)
+    sc = _load(out / "fl_screen.json")
+    for item in filter(None, (args.screens or "").split(";")):
+        name, path = item.split("=", 1)
+        new = _load(path)
+        sc["screens"] = [x for x in sc["screens"] if x["name"] != name] + [{"name": name, "date": new["date"], "machine": new["machine"],
+                                                                            "protocol": new["protocol"], "candidates": new["candidates"],
+                                                                            "chosen": new["chosen"]}]
+    sc["conclusion"] = args.conclusion or sc.get("conclusion")
+    _write(out, "fl_screen.json", sc)
+    plot(out / "fl_screen.json", out / "fl_screen.png")
+    dpd, noise = _load(args.dp), (_load(args.noise) if args.noise else {"runs": {}})
+    ceil = _load(args.ceiling)
+    if (out / "fl_ceiling.json").exists() and not (out / "fl_ceiling_run2.json").exists():
+        (out / "fl_ceiling_run2.json").write_text((out / "fl_ceiling.json").read_text())
+    ceil["notes"] = args.ceiling_note
+    _write(out, "fl_ceiling.json", ceil)
+    runs = dpd["runs"]
+    nodp = runs["inf"]
+
+    def row(r: dict) -> dict:
+        return {**_g(r["gain"]["test"]), "valid": _g(r["gain"]["valid"]), "noise_multiplier": r["config"]["noise_multiplier"],
+                "noise_std_of_mean": r["noise_std_of_mean"], "rounds": r["rounds_run"],
+                "test_ndcg@10": r["curve"][str(r["rounds_run"])]["test"]["ndcg@10"]}
+
+    curves = {k: {x: c["valid"]["ndcg@10"] for x, c in r["curve"].items()} for k, r in {**runs, **noise["runs"]}.items()}
+    fed = {"date": dpd["date"], "machine": dpd["machine"], "recipe": dpd["recipe"], "protocol": dpd["protocol"],
+           "clients_per_round": nodp["clients_per_round"], "devices": nodp["devices"], "upload_bytes": nodp["upload_bytes"],
+           "download_bytes": nodp["upload_bytes"], "no_dp": row(nodp),
+           "dp": [row(r) for k, r in runs.items() if k != "inf"],
+           "noise_levels": [row(r) for r in noise["runs"].values()],
+           "curves_valid_ndcg@10": curves, "ceiling_same_run": ceil["scenarios"]["users"]["gain"]}
+    doc = {**dpd, "noise_levels": noise["runs"], "summary": fed}
+    _write(out, "fl_dp.json", doc)
+    plot_dp(doc, out / "fl_dp.png")
+    fl = _load(out / "fl.json")
+    fl["ceiling"] = {**ceil, "earlier": [fl["ceiling"]] if "scenarios" not in fl.get("ceiling", {}) else fl["ceiling"].get("earlier", [])}
+    fl["federated"] = fed
+    fl["screen"] = {"date": sc["screens"][-1]["date"], "conclusion": sc["conclusion"],
+                    "candidates": [{"screen": x["name"], "recipe": r["recipe"], "upload_bytes": r.get("upload_bytes"),
+                                    "rounds_run": r.get("rounds_run"), "gain": (r.get("gain") or {}).get("valid"),
+                                    "target": "valid", "error": r.get("error")} for x in sc["screens"] for r in x["candidates"]]}
+    fl["extrapolation"] = {"date": dpd["date"], "from": "the epsilon-1 run of fl_dp.json", **{
+        "runs": dpd["extrapolation"]}, "noise_levels": [{"noise_std_of_mean": r["noise_std_of_mean"], **_g(r["gain"]["test"])}
+                                                        for r in noise["runs"].values()]}
+    (out / "fl.json").write_text(json.dumps(fl))
+    print(json.dumps(fed["no_dp"]), [(r["epsilon"], round(r["gain"], 4)) for r in fed["dp"]])
+    return doc
+
+
+def plot_dp(doc: dict, path_png: Path) -> None:
+    """Test gain over the base vs epsilon, the validation curve per round, and the gain vs the noise on the mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = doc["summary"]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    dp = sorted(s["dp"], key=lambda r: r["epsilon"])
+    xs = [r["epsilon"] for r in dp]
+    ax[0].errorbar(xs, [r["gain"] for r in dp], yerr=[[r["gain"] - r["ci_low"] for r in dp], [r["ci_high"] - r["gain"] for r in dp]],
+                   marker="o", capsize=3, label="client-level DP (m=%d/round)" % s["clients_per_round"])
+    nd, ce = s["no_dp"], s["ceiling_same_run"]
+    ax[0].axhspan(nd["ci_low"], nd["ci_high"], color="g", alpha=0.2, label=f"no DP {nd['gain']:+.4f}")
+    ax[0].axhline(ce["gain"], color="k", ls="--", label=f"ceiling, same run {ce['gain']:+.4f}")
+    ax[0].axhline(0, color="grey", lw=0.5)
+    ax[0].set_xscale("log")
+    ax[0].set_xlabel("epsilon (client-level, delta 1e-5)")
+    ax[0].set_ylabel("test NDCG@10 gain over the base (95% CI)")
+    ax[0].legend(fontsize=7)
+    for k, c in s["curves_valid_ndcg@10"].items():
+        r = sorted(c, key=int)
+        ax[1].plot([int(x) for x in r], [c[x] for x in r], marker=".", label=("no DP" if k == "inf" else
+                                                                               f"noise z={k[1:]}" if k.startswith("z") else f"eps {k}"))
+    ax[1].set_xlabel("round")
+    ax[1].set_ylabel("validation NDCG@10")
+    ax[1].legend(fontsize=6, ncol=2)
+    nl = sorted(s["dp"] + s["noise_levels"], key=lambda r: r["noise_std_of_mean"])
+    ax[2].errorbar([r["noise_std_of_mean"] for r in nl], [r["gain"] for r in nl],
+                   yerr=[[r["gain"] - r["ci_low"] for r in nl], [r["ci_high"] - r["gain"] for r in nl]], marker="o", capsize=3)
+    ax[2].axhline(nd["gain"], color="g", ls="--", label="no DP")
+    ax[2].axhline(0, color="grey", lw=0.5)
+    ax[2].set_xscale("log")
+    ax[2].set_xlabel("noise std on the mean update (per coordinate)")
+    ax[2].set_ylabel("test NDCG@10 gain")
+    ax[2].legend(fontsize=7)
+    fig.suptitle(f"Federated full model, FedAdam, users scenario ({doc['date']}, one H200): {s['recipe']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=120)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["prepare", "screen", "dp", "personal"])
+    ap.add_argument("stage", choices=["prepare", "screen", "dp", "personal", "collect"])
+    ap.add_argument("--screens", default=None, help="collect: name=fl_screen.json;... (a GPU session's screens)")
+    ap.add_argument("--dp", default=None, help="collect: the epsilon runs' fl_dp.json")
+    ap.add_argument("--noise", default=None, help="collect: the fixed-noise runs' fl_dp.json")
+    ap.add_argument("--ceiling", default=None, help="collect: the same base's fl_ceiling.json")
+    ap.add_argument("--ceiling-note", default=None)
+    ap.add_argument("--conclusion", default=None)
     ap.add_argument("--data", default="ml-1m")
     ap.add_argument("--cloud-users", type=float, default=0.25)
     ap.add_argument("--eval-users", type=int, default=1000)
@@ -271,12 +382,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--tiny", action="store_true", help="a tiny model and budget (smoke test)")
     args = ap.parse_args(argv)
-    {"prepare": prepare, "screen": screen, "dp": dp, "personal": personal}[args.stage](args)
+    {"prepare": prepare, "screen": screen, "dp": dp, "personal": personal, "collect": collect}[args.stage](args)
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def plot(path_json: Path, path_png: Path) -> None:
@@ -303,3 +412,7 @@ def plot(path_json: Path, path_png: Path) -> None:
     fig.suptitle(f"What to federate, emulated FedAvg, users scenario ({doc['date']}, one H200)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path_png, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
