@@ -206,7 +206,6 @@ def personal(args) -> dict:
     setup, users = _setup(args)
     users = users[: args.personal_users]
     part, acfg, local, _ = _recipe(args.recipe, args.local_steps)
-    local = replace(local, optimizer="adam")  # the personal step: a few Adam steps (lr from the grid)
     if args.final == "base":  # personalise the base itself (when no federated global model beats it)
         from device_sim.fl.adapters import get_adapter
 
@@ -215,21 +214,22 @@ def personal(args) -> dict:
         start = dict(np.load(args.final))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    grid = [(0, 0.0, None)]
-    for g in args.grid.split(";"):  # steps@lr[:head]
+    grid = [(0, 0.0, None, "adam")]
+    for g in args.grid.split(";"):  # steps@lr[:head][:sgd]
         st, rest = g.split("@")
-        lr, _, only = rest.partition(":")
-        grid.append((int(st), float(lr), ("head\\..*",) if only == "head" else None))
+        lr, *flags = rest.split(":")
+        grid.append((int(st), float(lr), ("head\\..*",) if "head" in flags else None, "sgd" if "sgd" in flags else "adam"))
     rows, per = [], {}
-    for steps, lr, only in grid:
-        pl = replace(local, steps=steps, lr=lr or local.lr)
+    for steps, lr, only, opt in grid:
+        pl = replace(local, steps=steps, lr=lr or local.lr, optimizer=opt)
         v = personal_eval(setup, acfg, start, users, pl, only=only, device=args.device, target="valid")
-        per[(steps, lr, only)] = v
-        rows.append({"steps": steps, "lr": lr, "only": list(only) if only else "all federated", "valid_ndcg@10": float(np.mean(v))})
+        per[(steps, lr, only, opt)] = v
+        rows.append({"steps": steps, "lr": lr, "optimizer": opt, "only": list(only) if only else "all federated",
+                     "valid_ndcg@10": float(np.mean(v))})
         print(rows[-1])
     best = max(range(len(grid)), key=lambda i: rows[i]["valid_ndcg@10"])
-    steps, lr, only = grid[best]
-    test_best = personal_eval(setup, acfg, start, users, replace(local, steps=steps, lr=lr or local.lr), only=only,
+    steps, lr, only, opt = grid[best]
+    test_best = personal_eval(setup, acfg, start, users, replace(local, steps=steps, lr=lr or local.lr, optimizer=opt), only=only,
                               device=args.device, target="test")
     test_none = personal_eval(setup, acfg, start, users, replace(local, steps=0), device=args.device, target="test")
     d = paired(test_best, test_none)
@@ -377,7 +377,8 @@ def main(argv=None) -> int:
     ap.add_argument("--final", default=None, help="personal: the no-DP global weights (.npz from dp --save-final)")
     ap.add_argument("--personal-users", type=int, default=300)
     ap.add_argument("--grid", default="1@1e-4;1@3e-4;3@1e-4;1@1e-3:head;3@1e-3:head",
-                    help="personal: steps@lr[:head] candidates (':head' = only the output head), besides no step")
+                    help="personal: steps@lr[:head][:sgd] candidates (':head' = only the output head, ':sgd' = plain SGD, else "
+                         "Adam), besides no step")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     ap.add_argument("--tiny", action="store_true", help="a tiny model and budget (smoke test)")

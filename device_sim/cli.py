@@ -61,7 +61,7 @@ def _spec(args):
     out = Path(args.out)
     return FLSpec(data=data, adapter=federated_part(args.federate), local=local, num_devices=args.devices, rounds=args.rounds, clients_per_round=args.clients,
                   min_clients=min(args.min_clients, args.clients), drop_prob=args.drop, central_dp=cdp,
-                  aggregation=args.aggregation, trim_beta=args.trim_beta, byzantine=args.byzantine,
+                  aggregation=args.aggregation, server_lr=args.server_lr, trim_beta=args.trim_beta, byzantine=args.byzantine,
                   max_examples=args.max_examples, max_update_norm=args.max_update_norm,
                   attack=parse_attack(args.attack) if args.attack else None,
                   eval_users=args.eval_users, seed=args.seed, result_path=str(out / "run.json"))
@@ -149,7 +149,9 @@ def add_parsers(sub) -> None:
     sp.add_argument("--central-clip", type=float, default=1.0)
     from .fl.robust import AGGREGATORS
 
-    sp.add_argument("--aggregation", choices=AGGREGATORS, default="fedavg", help="Flower's rule: fedavg, median, trimmed, krum, multikrum, bulyan")
+    sp.add_argument("--aggregation", choices=AGGREGATORS, default="fedavg",
+                    help="Flower's rule: fedavg, fedadam, median, trimmed, krum, multikrum, bulyan")
+    sp.add_argument("--server-lr", type=float, default=1e-3, help="fedadam: the server's eta")
     sp.add_argument("--trim-beta", type=float, default=0.2, help="trimmed: fraction cut from each side")
     sp.add_argument("--byzantine", type=int, default=1, help="krum / multikrum / bulyan: malicious clients tolerated")
     sp.add_argument("--max-examples", type=int, default=10_000, help="a reply's num-examples (its weight) is clipped to this")

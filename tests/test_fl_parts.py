@@ -138,8 +138,10 @@ def test_cli_privacy_and_federate_reach_the_spec(tmp_path):
     from device_sim.fl.flower import FLSpec
 
     assert FLSpec.from_json(sp.to_json()).adapter == sp.adapter                       # the deployment's run config
-    sq = _spec(build_parser().parse_args(["fl", "run", "--federate", "full", "--local-objective", "sequence", "--epsilon", "none"]))
-    assert FLSpec.from_json(sq.to_json()).local.objective == "sequence"
+    sq = _spec(build_parser().parse_args(["fl", "run", "--federate", "full", "--local-objective", "sequence", "--epsilon", "none",
+                                          "--aggregation", "fedadam", "--server-lr", "2e-3", "--local-optimizer", "sgd"]))
+    back = FLSpec.from_json(sq.to_json())
+    assert back.local.objective == "sequence" and back.aggregation == "fedadam" and back.server_lr == 2e-3
     nodp = subprocess.run([sys.executable, "-m", "server.cli", "fl", "run", "--local-objective", "sequence", "--out",
                            str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert nodp.returncode != 0 and "Traceback" not in nodp.stderr and "--epsilon none" in nodp.stderr
@@ -169,7 +171,7 @@ def test_full_parameter_federation_on_flower_sends_only_those_weights(tmp_path, 
                model=GRConfig(d_model=16, n_heads=2, n_enc_layers=1, n_dec_layers=1, max_len=10, dropout=0.0),
                train=TrainConfig(epochs=1, batch_size=64, eval_queries=5, progress=False, threads=1))
     spec = FLSpec(data=d, cache=str(tmp_path), adapter=federated_part("head-norms"), rounds=1, clients_per_round=4,
-                  min_clients=2, eval_users=5, eligibility=False,
+                  min_clients=2, eval_users=5, eligibility=False, aggregation="fedavg" if objective == "records" else "fedadam",
                   local=LocalConfig(steps=2, batch_size=8, lr=1e-3, objective=objective,
                                     dp=DPConfig(target_epsilon=2.0 if objective == "records" else None)))
     out = run_federated(spec, baselines=False, progress=False, num_cpus=1)

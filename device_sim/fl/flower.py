@@ -68,7 +68,8 @@ class FLSpec:
     fleet_seed: int = 0
     tier_mix: dict | None = None
     central_dp: dict | None = None     # {"noise_multiplier": z, "clipping_norm": c} (Flower's server-side wrapper)
-    aggregation: str = "fedavg"        # fedavg | median | trimmed | krum | multikrum | bulyan (device_sim.fl.robust)
+    aggregation: str = "fedavg"        # fedavg | fedadam | median | trimmed | krum | multikrum | bulyan (device_sim.fl.robust)
+    server_lr: float = 1e-3            # fedadam's eta
     trim_beta: float = 0.2             # trimmed: fraction cut from each side
     byzantine: int = 1                 # krum / multikrum / bulyan: malicious clients tolerated
     max_examples: int = 10_000         # a reply's num-examples is clipped to this (its weight)
@@ -308,7 +309,8 @@ def server_main(spec: FLSpec, grid, context, evaluate_fn: Callable | None = None
     env = env_for(spec)
     n = len(env.users)  # the grid registers nodes asynchronously; FedAvg waits for min_available_nodes
     k_sample = min(n, math.ceil(spec.clients_per_round * spec.overselect))
-    inner = make_aggregator(spec.aggregation, beta=spec.trim_beta, byzantine=spec.byzantine, fraction_train=k_sample / n,
+    inner = make_aggregator(spec.aggregation, beta=spec.trim_beta, byzantine=spec.byzantine, server_lr=spec.server_lr,
+                            fraction_train=k_sample / n,
                             min_train_nodes=k_sample, min_available_nodes=min(n, k_sample), fraction_evaluate=0.0)
     if spec.central_dp:
         inner = DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=float(spec.central_dp["noise_multiplier"]),

@@ -35,7 +35,7 @@ from .errors import FederationError
 
 __all__ = ["ReplyGuard", "check_update", "clip_examples", "make_aggregator", "AGGREGATORS"]
 
-AGGREGATORS = ("fedavg", "median", "trimmed", "krum", "multikrum", "bulyan")
+AGGREGATORS = ("fedavg", "fedadam", "median", "trimmed", "krum", "multikrum", "bulyan")
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,17 @@ def clip_examples(n, guard: ReplyGuard) -> int:
     return int(min(max(v, 1.0), guard.max_examples))
 
 
-def make_aggregator(name: str, *, beta: float = 0.2, byzantine: int = 1, **fedavg_args):
-    """Flower's strategy for ``name`` (see :data:`AGGREGATORS`) with the sampling arguments of FedAvg."""
-    from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+def make_aggregator(name: str, *, beta: float = 0.2, byzantine: int = 1, server_lr: float = 1e-3, **fedavg_args):
+    """Flower's strategy for ``name`` (see :data:`AGGREGATORS`) with the sampling arguments of FedAvg.
+    ``fedadam``: Flower's FedAdam with ``eta = server_lr`` and tau 1e-9 (the recipe docs/federated.md chose)."""
+    from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
 
     if name == "fedavg":
         return FedAvg(**fedavg_args)
+    if name == "fedadam":
+        if not server_lr > 0:
+            raise FederationError(f"server learning rate {server_lr}", hint="FedAdam needs eta > 0, e.g. --server-lr 1e-3")
+        return FedAdam(eta=server_lr, tau=1e-9, **fedavg_args)
     if name == "median":
         return FedMedian(**fedavg_args)
     if name == "trimmed":
