@@ -255,7 +255,7 @@ def collect(args) -> dict:
     """Merge a GPU session's outputs (``--screens name=fl_screen.json;...``, ``--dp`` epsilon runs, ``--noise`` fixed-noise
     runs, ``--ceiling`` the same base's ceiling) into bench/results: fl_screen.json (screens appended), fl_dp.json (+ png),
     fl_ceiling.json (the previous one kept as fl_ceiling_run2.json) and fl.json's ``ceiling`` / ``federated`` /
-    ``extrapolation`` keys."""
+    ``extrapolation`` (/ ``personal`` with ``--personal``) keys."""
     out = Path(args.out)
     sc = _load(out / "fl_screen.json")
     for item in filter(None, (args.screens or "").split(";")):
@@ -301,6 +301,9 @@ def collect(args) -> dict:
     fl["extrapolation"] = {"date": dpd["date"], "from": "the epsilon-1 run of fl_dp.json", **{
         "runs": dpd["extrapolation"]}, "noise_levels": [{"noise_std_of_mean": r["noise_std_of_mean"], **_g(r["gain"]["test"])}
                                                         for r in noise["runs"].values()]}
+    if args.personal:
+        per = _load(args.personal)
+        fl["personal"] = {k: per[k] for k in ("date", "machine", "recipe", "users", "grid", "chosen", "test", "protocol")}
     (out / "fl.json").write_text(json.dumps(fl))
     print(json.dumps(fed["no_dp"]), [(r["epsilon"], round(r["gain"], 4)) for r in fed["dp"]])
     return doc
@@ -356,6 +359,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", default=None, help="collect: the fixed-noise runs' fl_dp.json")
     ap.add_argument("--ceiling", default=None, help="collect: the same base's fl_ceiling.json")
     ap.add_argument("--ceiling-note", default=None)
+    ap.add_argument("--personal", default=None, help="collect: fl_personal.json of the personal step")
     ap.add_argument("--conclusion", default=None)
     ap.add_argument("--data", default="ml-1m")
     ap.add_argument("--cloud-users", type=float, default=0.25)
