@@ -75,13 +75,16 @@ def cmd_fl_run(args) -> None:
     if args.secagg:
         from .fl.simulate import run_secagg
 
-        res = run_secagg(spec, clients=args.clients, drop_fraction=args.drop)
+        res = run_secagg(spec, clients=args.clients, drop_fraction=args.drop, devices=args.devices)
         res.pop("final_arrays", None)
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "secagg.json").write_text(json.dumps(res, indent=1))
         for r in res["rounds"]:
-            print(f"round {r['round']}: {len(r['partitions'])} reports, {r['dropped']} dropped, NDCG@10 {r['ndcg@10']:.4f}")
-        print(f"wrote {args.out}/secagg.json ({res['seconds']:.0f} s)")
+            print(f"round {r['round']}: {len(r['partitions'])} reports, {r['dropped']} dropped, noise std {r['noise_std']:.3g}, "
+                  f"NDCG@10 {r['ndcg@10']:.4f}" + (f" (skipped: {r['reason']})" if r["skipped"] else ""))
+        eps = f", client-level epsilon {res['epsilon']:.3g} (delta {res['delta']:g})" if res["epsilon"] else ""
+        print(f"base NDCG@10 {res['base']['ndcg@10']:.4f}; {res['sampled']} sampled devices ({res['distinct']} distinct of "
+              f"{res['devices']}){eps}; wrote {args.out}/secagg.json ({res['seconds']:.0f} s)")
         return
     out = run_federated(spec, personal_users=args.personal_users, baselines=not args.no_baselines)
     md = write_report({f"epsilon={args.epsilon}": out}, Path(args.out))
@@ -173,8 +176,9 @@ def add_parsers(sub) -> None:
     sp.add_argument("--eval-users", type=int, default=1000)
     sp.add_argument("--personal-users", type=int, default=200)
     sp.add_argument("--no-baselines", action="store_true")
-    sp.add_argument("--secagg", action="store_true", help="aggregate under SecAgg+ (legacy Flower API; --clients devices every round, "
-                                                          "--drop = share that drops mid-round)")
+    sp.add_argument("--secagg", action="store_true", help="aggregate under SecAgg+ (legacy Flower API; --clients of --phones "
+                    "sampled every round, --drop = share that drops mid-round; with --max-update-norm / --central-noise "
+                    "--central-clip clients clip before masking and the server adds client-level DP noise)")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", default=".cache/edge_gr/fl/run")
     sp.set_defaults(fn=cmd_fl_run)

@@ -190,3 +190,35 @@ def test_full_parameter_federation_on_flower_sends_only_those_weights(tmp_path, 
     assert n >= 2 and out["rounds"][0]["used"] >= 2
     final = {k: np.asarray(v) for k, v in out["final_arrays"].items()}
     assert any(not np.allclose(final[k], env.init[k]) for k in final)   # the aggregate moved the federated weights
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("attack", [None, "scale:1"])
+def test_robust_secure_private_round_on_the_real_model(tmp_path, attack):
+    """Issue #17 item 5 through the documented API: one run with SecAgg+, client-side clipping before masking, the
+    server's aggregate check, client-level DP noise and an attacking device, sampling clients from a larger pool."""
+    from device_sim.fl.attacks import parse_attack
+    from device_sim.fl.flower import FLSpec
+    from device_sim.fl.setup import FLData
+    from device_sim.fl.simulate import run_secagg
+    from server.train import TrainConfig
+
+    d = FLData(dataset="ml-100k", max_users=40, levels=(8, 8), collab_dim=8, scenario="users", cloud_users=0.3,
+               model=GRConfig(d_model=16, n_heads=2, n_enc_layers=1, n_dec_layers=1, max_len=10, dropout=0.0),
+               train=TrainConfig(epochs=1, batch_size=64, eval_queries=5, progress=False, threads=1))
+    spec = FLSpec(data=d, cache=str(tmp_path), adapter=federated_part("lora-all"), rounds=2, clients_per_round=4,
+                  min_clients=2, eval_users=5, eligibility=False, max_update_norm=1.0,
+                  attack=parse_attack(attack) if attack else None,
+                  central_dp={"noise_multiplier": 0.5, "clipping_norm": 0.5},
+                  local=LocalConfig(steps=1, lr=1.0, optimizer="sgd", objective="sequence", dp=DPConfig(target_epsilon=None)))
+    res = run_secagg(spec, clients=4, devices=10)
+    assert res["secure"] and res["devices"] == 10 and res["max_update_norm"] == 0.5
+    assert res["sampled"] == 8 and 4 <= res["distinct"] <= 8 and 0 < res["epsilon"] < float("inf")
+    for r in res["rounds"]:
+        assert len(r["partitions"]) == 4 and np.isfinite(r["ndcg@10"])
+        if attack and 0 in r["partitions"]:   # x1e6 after its own clipping: the unmasked mean breaks the bound
+            assert r["skipped"] and "aggregate update norm" in r["reason"] and r["noise_std"] == 0.0
+        else:
+            assert not r["skipped"] and r["noise_std"] == pytest.approx(0.5 * 0.5 / 4)   # z * C / m on the mean
+    final = {k: np.asarray(v) for k, v in res["final_arrays"].items()}
+    assert all(np.isfinite(v).all() for v in final.values())

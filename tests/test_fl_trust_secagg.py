@@ -146,3 +146,23 @@ def test_clients_that_hang_in_the_unmask_stage_fail_the_round_cleanly():
     honest client's unmask message may also wait behind a hung Ray worker, hence 0-2 answers.)"""
     _check_failed_cleanly(*_never_unmask_round("hang", mod={"hang_s": 45.0}, apps={"timeout": 30.0}, num_cpus=4),
                           answered=(0, 1, 2))
+
+
+@pytest.mark.timeout(180)
+def test_client_level_dp_noise_on_the_unmasked_mean():
+    """SecAgg+ + client-side clipping + server noise (issue #17 item 5): the aggregate is the masked FedAvg plus
+    Gaussian noise of std z * B / m (Flower's compute_stdv); without a clipping bound DP is refused."""
+    init = [np.zeros(4000)]
+    fit = synthetic_fit_fn(scale=SCALE)
+    z, m = 2.0, 5
+    plain_s, plain_c = make_secagg_apps(fit, num_rounds=1, initial_arrays=init, min_clients=m, max_update_norm=50.0)
+    [clean] = run_secagg_simulation(plain_s, plain_c, num_supernodes=m)
+    noisy_s, noisy_c = make_secagg_apps(fit, num_rounds=1, initial_arrays=init, min_clients=m, max_update_norm=50.0,
+                                        noise_multiplier=z)
+    [noisy] = run_secagg_simulation(noisy_s, noisy_c, num_supernodes=m)
+    assert noisy.secure and noisy.noise_std == pytest.approx(z * 50.0 / m) and clean.noise_std == 0.0
+    diff = noisy.arrays[0] - clean.arrays[0]
+    assert abs(diff.mean()) < 5 * noisy.noise_std / np.sqrt(diff.size)
+    assert diff.std() == pytest.approx(noisy.noise_std, rel=0.1)
+    with pytest.raises(FederationError, match="clipping bound"):
+        make_secagg_apps(fit, num_rounds=1, initial_arrays=init, min_clients=m, noise_multiplier=z)

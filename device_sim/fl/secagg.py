@@ -176,6 +176,7 @@ class RoundResult:
     skipped: bool = False  # True: no aggregate was applied, ``arrays`` are the round's start arrays
     reason: str = ""  # why the round was skipped
     rejected: tuple[int, ...] = field(default=())  # partitions whose reply was refused (secure=False)
+    noise_std: float = 0.0  # client-level DP: std of the Gaussian noise added to the mean update (0 = no DP)
 
 
 # ----------------------------------------------------------------------------- math
@@ -378,6 +379,7 @@ def make_secagg_apps(
     max_update_norm: float | None = None,
     attacks: Sequence[dict] = (),
     client_mods: Sequence[Callable[..., Any]] = (),
+    noise_multiplier: float | None = None,
     on_aggregate: Callable[[RoundResult], None] | None = None,
     on_reply: Callable[[Any], None] | None = None,
 ) -> tuple[Any, Any]:
@@ -417,6 +419,10 @@ def make_secagg_apps(
         attacks: robustness evaluation: :func:`~device_sim.fl.attacks.parse_attack`
             dicts (``kind``, ``partitions``, ``factor``, optional ``rounds``); those
             partitions corrupt their update after their own checks, before masking.
+        noise_multiplier: client-level DP with SecAgg+ (Flower's client-side fixed clipping scheme): every client clips
+            its update to ``max_update_norm`` before masking and weighs the same (``num_examples = max_weight``);
+            the server adds Gaussian noise of std ``z * B / m`` (Flower's ``compute_stdv``) to the unmasked mean of
+            the ``m`` aggregated updates, after the aggregate check. Needs ``max_update_norm``.
         client_mods: Flower mods wrapped around the whole client (they see the SecAgg+
             protocol messages, e.g. :func:`never_unmask_mod`).
         on_aggregate: called on the server with each round's :class:`RoundResult`
@@ -456,6 +462,9 @@ def make_secagg_apps(
                         modulus_range=modulus_range)
     if max_update_norm is not None and not max_update_norm > 0:
         raise FederationError(f"max_update_norm must be > 0, got {max_update_norm}", hint="pass an L2 bound, e.g. 1.0, or None")
+    if noise_multiplier is not None and (max_update_norm is None or not noise_multiplier >= 0):
+        raise FederationError(f"client-level DP needs a noise multiplier >= 0 and a clipping bound (got z={noise_multiplier}, "
+                              f"max_update_norm={max_update_norm})", hint="pass max_update_norm=C, the L2 bound each client clips to")
     from device_sim.fl.attacks import KINDS
 
     for a in attacks:
@@ -547,6 +556,18 @@ def make_secagg_apps(
             if why:
                 self.skip(server_round, why, results, rejected)
                 return None, {}
+            std = 0.0
+            if noise_multiplier is not None:  # after the check: the noise is not the clients' and may exceed B
+                from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_stdv
+
+                std = compute_stdv(noise_multiplier, max_update_norm, len(results))
+                mean = [np.asarray(m, dtype=np.float64) for m in mean]
+                if send_deltas:
+                    add_gaussian_noise_inplace(mean, std)
+                else:
+                    noise = [np.zeros_like(m) for m in mean]
+                    add_gaussian_noise_inplace(noise, std)
+                    mean = [m + z for m, z in zip(mean, noise)]
             if send_deltas:
                 new = [(g.astype(np.float64) + m).astype(t) for g, m, t in zip(self._global, mean, dtypes)]
             else:
@@ -561,6 +582,7 @@ def make_secagg_apps(
                 secure=secure,
                 dropped_node_ids=self._dropped,
                 rejected=rejected,
+                noise_std=std,
             )
             self._report(result)
             return ndarrays_to_parameters(new), metrics
@@ -603,6 +625,8 @@ def make_secagg_apps(
 
         def fit(self, parameters, config):  # type: ignore[no-untyped-def]
             arrays, n, metrics = fit_fn(self.partition_id, [a.copy() for a in parameters], dict(config))
+            if noise_multiplier is not None:
+                n = max_weight  # DP: every client weighs the same (the noise is calibrated to one clipped update in m)
             if config.get(_DROP_KEY):
                 raise SimulatedDropout(f"partition {self.partition_id} dropped after local training")
             out = [np.asarray(a) - g for a, g in zip(arrays, parameters)] if send_deltas else list(arrays)

@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from .errors import FederationError
 from .flower import FLSpec, env_for, make_client_app, make_server_app
 from .setup import paired  # noqa: F401  (re-exported: the paired bootstrap lives with the other pure evaluation code)
 
@@ -199,26 +200,53 @@ def secagg_fit_fn(spec: FLSpec, users: list[str]):
     return fit
 
 
-def run_secagg(spec: FLSpec, *, clients: int = 10, secure: bool = True, drop_fraction: float = 0.0) -> dict:
-    """``spec.rounds`` rounds of adapter FedAvg over ``clients`` devices under SecAgg+.
+def run_secagg(spec: FLSpec, *, clients: int = 10, secure: bool = True, drop_fraction: float = 0.0,
+               devices: int | None = None, delta: float = 1e-5) -> dict:
+    """``spec.rounds`` rounds of FedAvg over ``clients`` sampled devices under SecAgg+ (robust + secure + private).
 
-    Returns per round the aggregate's held-out NDCG@10 and the surviving partitions.
+    ``devices`` (default ``clients``): the pool every round samples ``clients`` from (Flower's ``fraction_fit``).
+    With ``spec.max_update_norm`` each client clips its update before masking and the server checks the unmasked mean
+    (:mod:`device_sim.fl.secagg`); with ``spec.central_dp`` (``noise_multiplier``, ``clipping_norm``) the clipping bound
+    is ``clipping_norm`` and the server adds client-level DP noise to the mean, accounted per device (Opacus RDP at
+    ``q = clients / devices``); ``spec.attack`` corrupts those partitions' updates after their own checks.
+    Returns per round the aggregate's held-out NDCG@10, the surviving partitions and the noise.
     """
     from .adapters import get_adapter
+    from .emulate import client_epsilon
+    from .local import examples
     from .secagg import make_secagg_apps, run_secagg_simulation
     from .setup import ndcg_eval
 
     env = env_for(spec)
-    users = [u for u in env.users if len(env.setup.records(u)[0]) >= spec.min_records][:clients]
+    pool = [u for u in env.users if examples(env.setup.local_data(u, spec.local)[0], spec.local) >= spec.min_records]
+    users = pool[:max(clients, devices or clients)]
+    if len(users) < clients:
+        raise FederationError(f"only {len(users)} devices have >= {spec.min_records} examples, {clients} wanted per round",
+                              hint="lower --clients or raise --phones")
     keys = sorted(get_adapter(env.gm.model))
     init = [env.init[k] for k in keys]
+    z = clip = None
+    if spec.central_dp:
+        z, clip = float(spec.central_dp["noise_multiplier"]), float(spec.central_dp["clipping_norm"])
+    bound = clip if clip is not None else spec.max_update_norm
+    if spec.max_update_norm is not None and clip is not None:
+        bound = min(clip, spec.max_update_norm)
     server_app, client_app = make_secagg_apps(secagg_fit_fn(spec, users), num_rounds=spec.rounds, initial_arrays=init,
-                                              min_clients=len(users), secure=secure, drop_fraction=drop_fraction,
-                                              drop_seed=spec.seed, max_update_norm=spec.max_update_norm)
+                                              min_clients=clients, fraction_fit=clients / len(users), secure=secure,
+                                              num_shares=(1.0 if clients <= 20 else 15), drop_fraction=drop_fraction,
+                                              drop_seed=spec.seed, max_update_norm=bound, noise_multiplier=z,
+                                              attacks=[spec.attack] if spec.attack else ())
     t0 = time.time()
-    results = run_secagg_simulation(server_app, client_app, num_supernodes=len(users), num_cpus=1)
+    results = run_secagg_simulation(server_app, client_app, num_supernodes=len(users), num_cpus=1, allow_skipped=True)
     cohort = eval_cohort(spec, env)
+    q = clients / len(users)
     rounds = [{"round": r.server_round, "partitions": list(r.partition_ids), "dropped": len(r.dropped_node_ids),
+               "skipped": r.skipped, "reason": r.reason, "noise_std": r.noise_std,
                **ndcg_eval(env.setup, env.gm, cohort, dict(zip(keys, r.arrays)), beam=spec.eval_beam)} for r in results]
-    return {"secure": secure, "clients": len(users), "rounds": rounds, "seconds": time.time() - t0,
+    base = ndcg_eval(env.setup, env.gm, cohort, env.init, beam=spec.eval_beam)
+    return {"secure": secure, "clients": clients, "devices": len(users), "sample_rate": q, "max_update_norm": bound,
+            "noise_multiplier": z, "delta": delta,
+            "epsilon": (client_epsilon(z, q, len(results), delta) if z else None),
+            "sampled": sum(len(r.partition_ids) for r in results), "distinct": len({p for r in results for p in r.partition_ids}),
+            "attack": spec.attack, "base": base, "rounds": rounds, "seconds": time.time() - t0,
             "final_arrays": {k: a.tolist() for k, a in zip(keys, results[-1].arrays)} if results else None}
