@@ -168,3 +168,31 @@ def test_real_personalization_apps_on_two_supernodes(tmp_path):
     assert r["sampled"] == 2 and r["used"] == 2 and not r["skipped"]  # both devices trained and were aggregated
     assert all(set(e["records"]) <= {"arrays", "metrics"} and 0 < e["metrics"]["epsilon"] <= 2.0 * 1.001 for e in r["replies"])
     assert out["final_arrays"] is not None and any(np.abs(np.asarray(v)).sum() > 0 for v in out["final_arrays"].values())
+
+
+@pytest.mark.timeout(240)
+def test_robust_secure_private_round_over_real_supernodes(tmp_path):
+    """Issue #17 item 5 on the real deployment: SecAgg+ with clipping before masking, the aggregate check and
+    client-level DP noise (z * C / m) on a SuperLink with 3 SuperNodes; the result is the clipped, equally weighted
+    FedAvg of the probe updates plus noise of that std."""
+    from device_sim.fl.deploy_app import SECAGG_PRIVATE_CLIP, SECAGG_PROBE_FIT, secagg_probe_initial_arrays
+    from device_sim.fl.secagg import fedavg
+
+    result_path = tmp_path / "result.json"
+    with LocalFederation(num_supernodes=3, workdir=tmp_path / "fed") as fed:
+        res = fed.run(PROBE_APP_DIR.parent / "secagg_private_probe", timeout=200,
+                      run_config={"result-path": str(result_path), "min-nodes": 3, "num-server-rounds": 1,
+                                  "noise-multiplier": 0.5})
+    assert res.status == "finished:completed" and res.install_attempts == ()
+    [r] = json.loads(result_path.read_text())
+    assert r["secure"] and not r["skipped"] and r["partition-ids"] == [0, 1, 2]
+    assert r["noise-std"] == pytest.approx(0.5 * SECAGG_PRIVATE_CLIP / 3)
+    init = secagg_probe_initial_arrays()
+    clipped = []
+    for p in range(3):
+        delta = [a - g for a, g in zip(SECAGG_PROBE_FIT(p, init, {})[0], init)]
+        norm = float(np.sqrt(sum((d ** 2).sum() for d in delta)))
+        clipped.append([d * min(1.0, SECAGG_PRIVATE_CLIP / norm) for d in delta])
+    want = [g + m for g, m in zip(init, fedavg(clipped, [1, 1, 1]))]
+    noise = np.concatenate([(np.array(a) - w).ravel() for a, w in zip(r["arrays"], want, strict=True)])
+    assert 0 < np.abs(noise).max() < 6 * r["noise-std"]                 # noise of that scale, no clipping skipped

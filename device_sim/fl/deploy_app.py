@@ -44,6 +44,9 @@ __all__ = [
     "expected_probe_value",
     "secagg_server_app",
     "secagg_client_app",
+    "secagg_private_server_app",
+    "secagg_private_client_app",
+    "SECAGG_PRIVATE_CLIP",
     "secagg_probe_initial_arrays",
     "SECAGG_PROBE_FIT",
 ]
@@ -121,6 +124,33 @@ def _secagg_main(grid: Grid, context: Context) -> None:
             {"server-round": r.server_round, "arrays": [a.tolist() for a in r.arrays],
              "partition-ids": list(r.partition_ids), "num-failures": r.num_failures, "secure": r.secure}
             for r in results]))
+
+
+# -- robust + secure + private (``apps/secagg_private_probe``): the same probe updates under SecAgg+ with every client
+# clipping to SECAGG_PRIVATE_CLIP before masking and weighing the same, the server's aggregate check, and client-level
+# DP noise of std z * C / m on the unmasked mean (run config ``noise-multiplier``); the round reports the noise std.
+SECAGG_PRIVATE_CLIP = 0.3  # below the probe updates' norms (<= 0.1 * sqrt(17)), so clipping acts
+
+_, secagg_private_client_app = make_secagg_apps(SECAGG_PROBE_FIT, num_rounds=1, initial_arrays=secagg_probe_initial_arrays(),
+                                                min_clients=2, max_weight=2, max_update_norm=SECAGG_PRIVATE_CLIP,
+                                                noise_multiplier=1.0)  # client side: clip + equal weights (z is the server's)
+secagg_private_server_app = ServerApp()
+
+
+@secagg_private_server_app.main()
+def _secagg_private_main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    results = []
+    inner, _ = make_secagg_apps(
+        SECAGG_PROBE_FIT, num_rounds=int(cfg["num-server-rounds"]), initial_arrays=secagg_probe_initial_arrays(),
+        min_clients=int(cfg["min-nodes"]), max_weight=2, timeout=float(cfg["stage-timeout"]),
+        max_update_norm=SECAGG_PRIVATE_CLIP, noise_multiplier=float(cfg["noise-multiplier"]), on_aggregate=results.append)
+    inner(grid=grid, context=context)
+    if cfg.get("result-path"):
+        Path(str(cfg["result-path"])).write_text(json.dumps([
+            {"server-round": r.server_round, "arrays": [a.tolist() for a in r.arrays], "partition-ids": list(r.partition_ids),
+             "num-failures": r.num_failures, "secure": r.secure, "noise-std": r.noise_std, "skipped": r.skipped,
+             "reason": r.reason} for r in results]))
 
 
 # -- the real personalization apps (device_sim.fl.flower) on real SuperNodes -----------------
