@@ -301,6 +301,18 @@ def collect(args) -> dict:
     fl["extrapolation"] = {"date": dpd["date"], "from": "the epsilon-1 run of fl_dp.json", **{
         "runs": dpd["extrapolation"]}, "noise_levels": [{"noise_std_of_mean": r["noise_std_of_mean"], **_g(r["gain"]["test"])}
                                                         for r in noise["runs"].values()]}
+    if args.report_run:  # the cloud-vs-edge report: costs from that Flower run, quality from the runs above
+        from device_sim.fl.report import write_report
+
+        run = _load(args.report_run)
+        cloud = ceil["scenarios"]["users"]["centralized"]["ndcg@10"]
+        write_report({"federated full model, FedAdam, no DP": run}, out / "fl_report",
+                     ndcg={"cloud": cloud, "device": fed["no_dp"]["test_ndcg@10"]},
+                     ndcg_note=(f"NDCG@10 (test, 1,000 device users, users scenario, {dpd['date']}, one H200): cloud = the "
+                                f"centralized model on every user's history ({cloud:.4f}, fl_ceiling.json); device = the "
+                                f"federated global model of fl_dp.json, no DP ({fed['no_dp']['test_ndcg@10']:.4f}; the "
+                                "personal step adds +0.0005 on 200 users, fl_personal.json). Bytes, energy and CPU per "
+                                "participation from the Flower run of the same recipe on this host (--report-run)."))
     if args.personal:
         per = _load(args.personal)
         fl["personal"] = {k: per[k] for k in ("date", "machine", "recipe", "users", "grid", "chosen", "test", "protocol")}
@@ -360,6 +372,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ceiling", default=None, help="collect: the same base's fl_ceiling.json")
     ap.add_argument("--ceiling-note", default=None)
     ap.add_argument("--personal", default=None, help="collect: fl_personal.json of the personal step")
+    ap.add_argument("--report-run", default=None, help="collect: run.json of `edge-gr fl run` with the chosen recipe "
+                                                       "(its measured costs) -> fl_report/ with the quality above")
     ap.add_argument("--conclusion", default=None)
     ap.add_argument("--data", default="ml-1m")
     ap.add_argument("--cloud-users", type=float, default=0.25)

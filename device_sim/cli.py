@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 __all__ = ["add_parsers"]
@@ -75,8 +76,15 @@ def cmd_fl_run(args) -> None:
     if args.secagg:
         from .fl.simulate import run_secagg
 
+        import datetime
+        import platform
+        import sys
+
         res = run_secagg(spec, clients=args.clients, drop_fraction=args.drop, devices=args.devices)
         res.pop("final_arrays", None)
+        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
+        res = {"date": datetime.date.today().isoformat(), "machine": {"cpu": cpu, "cores": os.cpu_count()},
+               "command": "edge-gr " + " ".join(sys.argv[1:]), **res}
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "secagg.json").write_text(json.dumps(res, indent=1))
         for r in res["rounds"]:

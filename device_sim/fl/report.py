@@ -197,8 +197,12 @@ def measure_query(gm, histories: Sequence[Sequence[str]], beam: int = 20, reps: 
             "req_bytes": len(req), "resp_bytes": len(resp), "queries": len(times)}
 
 
-def write_report(runs: Mapping[str, Mapping], out: str | Path, usage: Usage = Usage()) -> str:
-    """report.md + report.png + report.json in ``out`` from one or more runs (first = main)."""
+def write_report(runs: Mapping[str, Mapping], out: str | Path, usage: Usage = Usage(), *,
+                 ndcg: Mapping[str, float] | None = None, ndcg_note: str | None = None) -> str:
+    """report.md + report.png + report.json in ``out`` from one or more runs (first = main).
+
+    ``ndcg`` (``{"cloud", "device"}``, with ``ndcg_note`` saying where they were measured) replaces the main run's
+    baselines, e.g. the GPU-measured quality of the recipe whose costs the Flower run measured."""
     from .flower import FLSpec, env_for
     from .simulate import eval_cohort
 
@@ -211,8 +215,8 @@ def write_report(runs: Mapping[str, Mapping], out: str | Path, usage: Usage = Us
     q = measure_query(env.gm, [env.setup.split.test_history(u) for u in users], beam=spec.eval_beam)
     fl = fl_costs(main, rounds_per_day=24.0 / spec.hours_per_round)
     b = main.get("baselines") or {}
-    ndcg = {"cloud": b.get("centralized", {}).get("ndcg@10", float("nan")),
-            "device": b.get("personalized", {}).get("ndcg@10", float("nan"))}
+    ndcg = dict(ndcg) if ndcg is not None else {"cloud": b.get("centralized", {}).get("ndcg@10", float("nan")),
+                                                "device": b.get("personalized", {}).get("ndcg@10", float("nan"))}
     costs = mode_costs(usage, host_ms=q["p50_ms"], server_ms=q["p50_ms"], req_bytes=q["req_bytes"], resp_bytes=q["resp_bytes"],
                        fl_j_per_day=fl["j_per_day"], fl_mb_per_day=fl["mb_per_day"], ndcg=ndcg)
     notes = [f"Model CPU time per query measured here: p50 {q['p50_ms']:.2f} ms / p99 {q['p99_ms']:.2f} ms (host, 1 thread, eager "
@@ -221,8 +225,9 @@ def write_report(runs: Mapping[str, Mapping], out: str | Path, usage: Usage = Us
              f"Federated learning measured in the run: {fl['upload_bytes_mean'] / 1e3:.1f} KB up / {fl['download_bytes_mean'] / 1e3:.1f} KB down "
              f"and {fl['energy_j_per_participation']:.2f} J per participation, {fl['participations_per_day']:.3f} participations/day "
              f"(a round every {spec.hours_per_round:g} h).",
-             "NDCG@10: cloud = adapter trained centrally on the pooled device records (what a cloud that sees all data gets); "
-             "device = federated global adapter + a local fine-tune that never leaves the device (personalized, no DP needed).",
+             ndcg_note or ("NDCG@10: cloud = adapter trained centrally on the pooled device records (what a cloud that sees all "
+                           "data gets); device = federated global adapter + a local fine-tune that never leaves the device "
+                           "(personalized, no DP needed)."),
              "Radio energy: per-MB + one radio tail per request burst ([Huang12] LTE, [Bala09] WiFi); CPU: active power x device seconds."]
     md = ["# Federated personalization report", "", "## Cloud vs edge (from the simulation)", "",
           render_markdown(costs, usage, notes), "", "## Chapter's reported numbers (for reference, not measured here)", "",
@@ -242,7 +247,8 @@ def write_report(runs: Mapping[str, Mapping], out: str | Path, usage: Usage = Us
     md += ["", "![quality, epsilon, battery](report.png)", ""]
     text = "\n".join(md)
     (out / "report.md").write_text(text)
-    (out / "report.json").write_text(json.dumps({"costs": costs, "fl": fl, "query": q, "usage": asdict(usage)}, indent=1))
+    (out / "report.json").write_text(json.dumps({"costs": costs, "fl": fl, "query": q, "usage": asdict(usage), "ndcg": ndcg,
+                                                 "ndcg_note": ndcg_note}, indent=1))
     return text
 
 
