@@ -190,6 +190,13 @@ def test_full_parameter_federation_on_flower_sends_only_those_weights(tmp_path, 
     assert n >= 2 and out["rounds"][0]["used"] >= 2
     final = {k: np.asarray(v) for k, v in out["final_arrays"].items()}
     assert any(not np.allclose(final[k], env.init[k]) for k in final)   # the aggregate moved the federated weights
+    if objective == "sequence":   # the cloud-vs-edge report from this run's costs with quality measured elsewhere
+        from device_sim.fl.report import write_report
+
+        md = write_report({"run": out}, tmp_path / "report", ndcg={"cloud": 0.1234, "device": 0.2345}, ndcg_note="from a GPU run")
+        doc = json.loads((tmp_path / "report" / "report.json").read_text())
+        assert doc["ndcg"] == {"cloud": 0.1234, "device": 0.2345} and "from a GPU run" in md and "0.2345" in md
+        assert doc["fl"]["upload_bytes_mean"] > 0 and (tmp_path / "report" / "report.png").exists()
 
 
 @pytest.mark.timeout(900)
