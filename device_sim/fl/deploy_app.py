@@ -110,20 +110,25 @@ _, secagg_client_app = make_secagg_apps(SECAGG_PROBE_FIT, num_rounds=1, initial_
 secagg_server_app = ServerApp()
 
 
-@secagg_server_app.main()
-def _secagg_main(grid: Grid, context: Context) -> None:
+def _run_probe(grid: Grid, context: Context, **secagg) -> None:
+    # one SecAgg+ probe server: make_secagg_apps over the probe updates, every round's result to `result-path`
     cfg = context.run_config
     results = []
     inner, _ = make_secagg_apps(
         SECAGG_PROBE_FIT, num_rounds=int(cfg["num-server-rounds"]), initial_arrays=secagg_probe_initial_arrays(),
         min_clients=int(cfg["min-nodes"]), max_weight=2, timeout=float(cfg["stage-timeout"]),
-        on_aggregate=results.append)
+        on_aggregate=results.append, **secagg)
     inner(grid=grid, context=context)
     if cfg.get("result-path"):
         Path(str(cfg["result-path"])).write_text(json.dumps([
-            {"server-round": r.server_round, "arrays": [a.tolist() for a in r.arrays],
-             "partition-ids": list(r.partition_ids), "num-failures": r.num_failures, "secure": r.secure}
-            for r in results]))
+            {"server-round": r.server_round, "arrays": [a.tolist() for a in r.arrays], "partition-ids": list(r.partition_ids),
+             "num-failures": r.num_failures, "secure": r.secure, "noise-std": r.noise_std, "skipped": r.skipped,
+             "reason": r.reason} for r in results]))
+
+
+@secagg_server_app.main()
+def _secagg_main(grid: Grid, context: Context) -> None:
+    _run_probe(grid, context)
 
 
 # -- robust + secure + private (``apps/secagg_private_probe``): the same probe updates under SecAgg+ with every client
@@ -139,18 +144,7 @@ secagg_private_server_app = ServerApp()
 
 @secagg_private_server_app.main()
 def _secagg_private_main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
-    results = []
-    inner, _ = make_secagg_apps(
-        SECAGG_PROBE_FIT, num_rounds=int(cfg["num-server-rounds"]), initial_arrays=secagg_probe_initial_arrays(),
-        min_clients=int(cfg["min-nodes"]), max_weight=2, timeout=float(cfg["stage-timeout"]),
-        max_update_norm=SECAGG_PRIVATE_CLIP, noise_multiplier=float(cfg["noise-multiplier"]), on_aggregate=results.append)
-    inner(grid=grid, context=context)
-    if cfg.get("result-path"):
-        Path(str(cfg["result-path"])).write_text(json.dumps([
-            {"server-round": r.server_round, "arrays": [a.tolist() for a in r.arrays], "partition-ids": list(r.partition_ids),
-             "num-failures": r.num_failures, "secure": r.secure, "noise-std": r.noise_std, "skipped": r.skipped,
-             "reason": r.reason} for r in results]))
+    _run_probe(grid, context, max_update_norm=SECAGG_PRIVATE_CLIP, noise_multiplier=float(context.run_config["noise-multiplier"]))
 
 
 # -- the real personalization apps (device_sim.fl.flower) on real SuperNodes -----------------
