@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from .adapters import AdapterConfig, _key, adapter_bytes, get_adapter, set_adapter
-from .local import LocalConfig, local_train
+from .local import LocalConfig, examples, local_train
 from .setup import FLSetup, ndcg_eval
 
 __all__ = ["EmuConfig", "emulate", "batched_local_train", "client_epsilon", "plan_client_noise", "extrapolate", "personal_eval"]
@@ -190,8 +190,6 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
     """
     import torch
 
-    from .local import examples
-
     gm = setup.adapted_model(acfg)
     gm.model.to(device)
     init = get_adapter(gm.model)
@@ -236,9 +234,9 @@ def emulate(setup: FLSetup, acfg: AdapterConfig, local: LocalConfig, cfg: EmuCon
                                       seed=int(rng.integers(2**31)))
             upd = {k: new[names[k]] - glob[k] for k in glob}
         else:
-            ups = []
+            ups, start = [], arrays()  # every client of the round starts from the same global weights
             for u in chosen:
-                set_adapter(gm.model, arrays())
+                set_adapter(gm.model, start)
                 src, tgt = data[u]
                 res = local_train(gm.model, src, tgt, local, None, seed=int(rng.integers(2**31)))
                 ups.append({k: torch.from_numpy(res.arrays[k]).to(device) - glob[k] for k in glob})

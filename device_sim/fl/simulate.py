@@ -228,9 +228,8 @@ def run_secagg(spec: FLSpec, *, clients: int = 10, secure: bool = True, drop_fra
     z = clip = None
     if spec.central_dp:
         z, clip = float(spec.central_dp["noise_multiplier"]), float(spec.central_dp["clipping_norm"])
-    bound = clip if clip is not None else spec.max_update_norm
-    if spec.max_update_norm is not None and clip is not None:
-        bound = min(clip, spec.max_update_norm)
+    bounds = [b for b in (clip, spec.max_update_norm) if b is not None]
+    bound = min(bounds) if bounds else None  # what each client clips to before masking
     server_app, client_app = make_secagg_apps(secagg_fit_fn(spec, users), num_rounds=spec.rounds, initial_arrays=init,
                                               min_clients=clients, fraction_fit=clients / len(users), secure=secure,
                                               num_shares=(1.0 if clients <= 20 else 15), drop_fraction=drop_fraction,
